@@ -1,0 +1,175 @@
+"""Callbacks, as in Keras: History, a progress bar, TerminateOnNaN, EarlyStopping."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+
+
+class Callback:
+    """Base class; override any hook. ``self.model`` is set by ``fit``."""
+
+    def set_model(self, model):
+        self.model = model
+
+    def on_train_begin(self, logs=None): ...
+    def on_train_end(self, logs=None): ...
+    def on_epoch_begin(self, epoch, logs=None): ...
+    def on_epoch_end(self, epoch, logs=None): ...
+    def on_train_batch_begin(self, batch, logs=None): ...
+    def on_train_batch_end(self, batch, logs=None): ...
+
+
+class CallbackList(Callback):
+    """Calls each hook on every callback in order."""
+
+    def __init__(self, callbacks, model):
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            cb.set_model(model)
+
+    def __getattribute__(self, name):
+        if name.startswith("on_"):
+            def call(*args, **kwargs):
+                for cb in object.__getattribute__(self, "callbacks"):
+                    getattr(cb, name)(*args, **kwargs)
+            return call
+        return object.__getattribute__(self, name)
+
+
+class History(Callback):
+    """Records each epoch's logs: ``history.history['loss']`` etc.; ``history.epoch`` lists epochs."""
+
+    def __init__(self):
+        self.history = {}
+        self.epoch = []
+
+    def on_train_begin(self, logs=None):
+        self.epoch = []
+        self.history = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for k, v in (logs or {}).items():
+            self.history.setdefault(k, []).append(float(v) if np.ndim(v) == 0 else v)
+
+
+def format_logs(logs):
+    """' - loss: 1.2345 - accuracy: 0.5000' for the scalar entries of logs."""
+    parts = []
+    for k, v in logs.items():
+        if np.ndim(v) == 0 and isinstance(v, (int, float, np.floating, np.integer)):
+            parts.append(f"{k}: {float(v):.4f}")
+    return "".join(f" - {p}" for p in parts)
+
+
+def format_time(seconds):
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+    if seconds >= 60:
+        return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+    return f"{seconds:.0f}s"
+
+
+class Progbar:
+    """Keras-style progress for ``steps`` steps.
+
+    On a terminal (``stream.isatty()``) a bar redrawn in place through tqdm:
+    ``120/1563 [==>.....] - ETA: 21s - loss: 1.8 - accuracy: 0.34``. Elsewhere
+    (a log file, a pipe) nothing is drawn until :meth:`close`, which writes one
+    line with no control characters.
+    """
+
+    def __init__(self, steps, stream=None, live=None):
+        self.steps = steps
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty() if live is None else live
+        self.start = time.perf_counter()
+        self.bar = None
+        if self.live:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, file=self.stream, ascii=".>=", leave=True, dynamic_ncols=True,
+                            bar_format="{n_fmt}/{total_fmt} [{bar:30}] - ETA: {remaining}{postfix}")
+
+    def update(self, step, logs):
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.postfix = format_logs(logs)
+            self.bar.refresh()
+
+    def close(self, logs):
+        elapsed = time.perf_counter() - self.start
+        per_step = elapsed / max(self.steps, 1)
+        if self.bar is not None:
+            self.bar.n = self.steps
+            self.bar.bar_format = "{n_fmt}/{total_fmt} [{bar:30}]{postfix}"
+            self.bar.postfix = f" - {format_time(elapsed)} {per_step * 1e3:.0f}ms/step" + format_logs(logs)
+            self.bar.close()
+        else:
+            self.stream.write(f"{self.steps}/{self.steps} - {format_time(elapsed)} - "
+                              f"{per_step * 1e3:.0f}ms/step{format_logs(logs)}\n")
+            self.stream.flush()
+
+
+class ProgbarLogger(Callback):
+    """Prints 'Epoch i/n' and a progress bar per epoch (verbose=1) or one line per epoch (verbose=2)."""
+
+    def __init__(self, verbose=1, steps=None, epochs=None, stream=None):
+        self.verbose, self.steps, self.epochs = verbose, steps, epochs
+        self.stream = stream or sys.stdout
+        self.bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.stream.write(f"Epoch {epoch + 1}/{self.epochs}\n")
+        self.stream.flush()
+        self.bar = Progbar(self.steps, self.stream, live=None if self.verbose == 1 else False)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(batch + 1, logs or {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.close(logs or {})
+
+
+class TerminateOnNaN(Callback):
+    """Stops training when the loss becomes NaN or Inf (``fit`` also raises on it by default)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            print(f"Batch {batch}: invalid loss, terminating training")
+            self.model.stop_training = True
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto", restore_best_weights=False):
+        self.monitor, self.min_delta, self.patience = monitor, abs(min_delta), patience
+        if mode == "auto":
+            mode = "max" if "acc" in monitor else "min"
+        self.sign = 1 if mode == "min" else -1
+        self.restore_best_weights = restore_best_weights
+
+    def on_train_begin(self, logs=None):
+        self.wait, self.best, self.best_weights, self.stopped_epoch = 0, math.inf, None, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        if self.sign * value < self.best - self.min_delta:
+            self.best, self.wait = self.sign * value, 0
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+        else:
+            self.wait += 1
+            if self.wait > self.patience:
+                self.stopped_epoch = epoch
+                self.model.stop_training = True
+                if self.restore_best_weights and self.best_weights is not None:
+                    self.model.set_weights(self.best_weights)

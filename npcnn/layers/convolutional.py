@@ -1,0 +1,68 @@
+"""Conv2D: 2-D convolution over NHWC inputs, Keras's arguments and kernel layout."""
+
+from __future__ import annotations
+
+from npcnn import initializers
+from npcnn import kernels as K
+from npcnn.layers.base import Layer
+from npcnn.utils import int_pair, positive_int
+
+
+class Conv2D(Layer):
+    """y = activation(conv(x, kernel) + bias), computed as im2col + one GEMM.
+
+    Shapes: x (N, H, W, C); kernel (KH, KW, C, filters) (Keras layout); bias (filters,);
+    y (N, OH, OW, filters) with OH = floor((H - KH)/SH) + 1 ('valid') or ceil(H/SH) ('same').
+
+    Backward (see :mod:`npcnn.kernels.conv`): with dz the gradient w.r.t. the pre-activation,
+    dkernel = cols^T @ dz, dbias = sum dz, dx = col2im(dz @ kernel^T).
+    """
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
+                 use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 name=None, input_shape=None, **kwargs):
+        super().__init__(name=name, input_shape=input_shape, activation=activation, **kwargs)
+        self.filters = positive_int(filters, "filters", "Conv2D")
+        self.kernel_size = int_pair(kernel_size, "kernel_size", "Conv2D")
+        self.strides = int_pair(strides, "strides", "Conv2D")
+        self.padding = K.normalize_padding(padding)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self._cache = None
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"Conv2D {self.name or ''}: expects inputs of shape (H, W, C) per sample, got {tuple(input_shape)}"
+            )
+        oh, ow, _ = K.conv_geometry((None,) + tuple(input_shape), self.kernel_size, self.strides, self.padding)
+        if oh <= 0 or ow <= 0:
+            raise ValueError(
+                f"Conv2D {self.name or ''}: a 'valid' {self.kernel_size} kernel does not fit the input "
+                f"{tuple(input_shape)[:2]}: the output would be empty. Use padding='same' or a smaller kernel."
+            )
+        return (oh, ow, self.filters)
+
+    def build(self, input_shape):
+        out = self.compute_output_shape(input_shape)  # validates before allocating
+        kh, kw = self.kernel_size
+        self.params = {"kernel": self.kernel_initializer((kh, kw, int(input_shape[-1]), self.filters), self.dtype)}
+        if self.use_bias:
+            self.params["bias"] = self.bias_initializer((self.filters,), self.dtype)
+        super().build(input_shape)
+        return out
+
+    def forward_pre(self, x, training=False):
+        oh, ow, pads = K.conv_geometry(x.shape, self.kernel_size, self.strides, self.padding)
+        y, cache = K.conv2d_forward(x, self.params["kernel"], self.params.get("bias"),
+                                    self.strides, pads, (oh, ow))
+        self._cache = cache if training else None
+        return y
+
+    def backward_pre(self, dz):
+        dx, dk, db = K.conv2d_backward(dz, self._need_cache(self._cache), self.need_input_grad)
+        self.grads = {"kernel": dk}
+        if self.use_bias:
+            self.grads["bias"] = db
+        return dx
