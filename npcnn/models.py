@@ -283,6 +283,12 @@ class Sequential:
         self.optimizer.apply(self.params, self.grads)
         return loss, _correct(out, labels)
 
+    def trace(self, x, y=None):
+        """Per-layer activations and gradients for one batch (see :func:`npcnn.inspect.trace`)."""
+        from npcnn.inspect import trace
+
+        return trace(self, x, y)
+
     def __call__(self, x, training=False):
         return self.forward(np.asarray(x, dtype=np.float32), training=training)
 
