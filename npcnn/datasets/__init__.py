@@ -1,0 +1,5 @@
+"""Data sets, as ``keras.datasets``: ``from npcnn.datasets import cifar10``."""
+
+from npcnn.datasets import cifar10
+
+__all__ = ["cifar10"]
