@@ -188,13 +188,281 @@ def check_model(model, x, y, eps=EPS, max_checks=30, seed=0, threshold=THRESHOLD
     return results
 
 
-def print_results(results, file=None):
-    """Print one row per checked tensor and a last line counting the passes."""
-    print(f"{'layer':<18} {'tensor':<8} {'shape':<20} {'rel. error':>11}  result  (threshold {THRESHOLD:.0e}, float64)",
-          file=file)
-    for r in results:
+def print_results(results, file=None, threshold=None, sections=None):
+    """Print one row per checked tensor and a last line counting the passes.
+
+    Args:
+        results: list of :class:`CheckResult`.
+        threshold: the threshold named in the header (default: the results' own, else :data:`THRESHOLD`).
+        sections: optional list of ``(title, start_index)``; a ``-- title --`` line is printed
+            before the row at ``start_index``.
+    Returns:
+        True when every check passed.
+    """
+    if threshold is None:
+        threshold = results[0].threshold if results else THRESHOLD
+    titles = dict((i, t) for t, i in (sections or []))
+    print(f"{'layer':<18} {'tensor':<8} {'shape':<20} {'rel. error':>11}  result  "
+          f"(threshold {threshold:.0e}, float64)", file=file)
+    for i, r in enumerate(results):
+        if i in titles:
+            print(f"-- {titles[i]} --", file=file)
         print(f"{r.layer:<18} {r.tensor:<8} {str(r.shape):<20} {r.error:>11.2e}  {'pass' if r.passed else 'FAIL'}",
               file=file)
     ok = sum(r.passed for r in results)
     print(f"{ok}/{len(results)} checks passed", file=file)
     return ok == len(results)
+
+
+def check_softmax_ce(batch_size=4, classes=10, seed=0, eps=EPS, threshold=THRESHOLD, scale=3.0):
+    """Check the fused sparse softmax cross-entropy: its ``d loss / d logits`` against central differences.
+
+    The kernel is :func:`npcnn.kernels.sparse_softmax_ce` (the active backend's), which returns
+    ``(loss, (softmax(logits) - onehot(labels)) / N)``.
+
+    Args:
+        batch_size: N. classes: K. scale: standard deviation of the random float64 logits (N, K).
+    Returns:
+        a list with one :class:`CheckResult` (tensor 'logits').
+    """
+    from npcnn import kernels as K
+
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((batch_size, classes)) * scale
+    labels = rng.integers(0, classes, size=batch_size)
+    _, dlogits = K.sparse_softmax_ce(logits.copy(), labels)
+
+    def f():
+        return float(K.sparse_softmax_ce(logits, labels)[0])
+
+    num = numerical_gradient(f, logits, eps)
+    return [CheckResult("softmax_ce", "logits", tuple(logits.shape), relative_error(dlogits, num), threshold)]
+
+
+# --------------------------------------------------------------------------- command line
+
+LAYERS = ("conv2d", "maxpool", "dense", "relu", "flatten", "softmax_ce")
+
+# Per-layer defaults: non-square shapes that the strides do not divide, to catch index bugs.
+_DEFAULT_SHAPES = {
+    "model": (18, 18, 3),
+    "conv2d": (7, 6, 2),
+    "maxpool": (7, 6, 2),
+    "dense": (5,),
+    "relu": (4, 5, 3),
+    "flatten": (3, 4, 2),
+}
+
+
+def seed_model(input_shape=(18, 18, 3), filters=(4, 6, 5), units=8, classes=10):
+    """The Keras CIFAR-10 tutorial model, shrunk: Conv-Pool-Conv-Pool-Conv-Flatten-Dense-Dense(softmax).
+
+    The full-size model is ``seed_model((32, 32, 3), (32, 64, 64), 64, 10)``. Compiled with Adam and
+    sparse categorical cross-entropy (the final softmax is fused with the loss).
+    """
+    from npcnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
+    from npcnn.models import Sequential
+
+    f1, f2, f3 = filters
+    model = Sequential([
+        Conv2D(f1, (3, 3), activation="relu", input_shape=tuple(input_shape)),
+        MaxPooling2D((2, 2)),
+        Conv2D(f2, (3, 3), activation="relu"),
+        MaxPooling2D((2, 2)),
+        Conv2D(f3, (3, 3), activation="relu"),
+        Flatten(),
+        Dense(units, activation="relu"),
+        Dense(classes, activation="softmax"),
+    ])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _int_tuple(text):
+    """'7,6,2' or '7x6x2' or '3' -> a tuple of positive ints (an argparse type)."""
+    import argparse
+
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 7,6,2; got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, e.g. 7,6,2; got {text!r}")
+    return values
+
+
+def _pair(values, name, parser):
+    if values is None:
+        return None
+    if len(values) == 1:
+        return values * 2
+    if len(values) != 2:
+        parser.error(f"--{name} takes one or two integers (e.g. 3 or 3,2), got {','.join(map(str, values))}")
+    return values
+
+
+def _fallbacks(backend):
+    """Names of the kernels that the ``backend`` does not implement (they run the NumPy twin)."""
+    from npcnn import kernels as K
+
+    if backend == "numpy":
+        return []
+    registry = getattr(K, "_REGISTRY", {})
+    return [name for name in registry if K.get_kernel(name, backend) is K.get_kernel(name, "numpy")]
+
+
+def _build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m npcnn.gradcheck",
+        description="Check npcnn's backward passes against float64 central differences. Without --layer: "
+                    "every layer of the (shrunk) CIFAR-10 seed model, the fused softmax cross-entropy, "
+                    "and d loss / d params of the whole model. Exit status 0 only when every check passes.",
+        epilog="examples:\n"
+               "  python -m npcnn.gradcheck\n"
+               "  python -m npcnn.gradcheck --layer conv2d --input-shape 9,7,3 --kernel-size 3,2 "
+               "--strides 2 --padding same\n"
+               "  python -m npcnn.gradcheck --layer maxpool --pool-size 3 --strides 2 --backend numpy\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--layer", choices=LAYERS, default=None, help="check one layer instead of the seed model")
+    p.add_argument("--backend", choices=("numpy", "numba"), default=None,
+                   help="kernel backend to check (default: the active one, NPCNN_BACKEND or numba)")
+    p.add_argument("--input-shape", type=_int_tuple, default=None, metavar="H,W,C",
+                   help="one sample's shape (default depends on --layer; (D,) for dense)")
+    p.add_argument("--batch-size", type=int, default=2, metavar="N", help="samples in the random batch (default 2)")
+    p.add_argument("--filters", type=_int_tuple, default=None, metavar="F",
+                   help="conv2d: number of filters (default 3); model: three counts (default 4,6,5)")
+    p.add_argument("--kernel-size", type=_int_tuple, default=None, metavar="KH,KW", help="conv2d (default 3,2)")
+    p.add_argument("--pool-size", type=_int_tuple, default=None, metavar="PH,PW", help="maxpool (default 2,2)")
+    p.add_argument("--strides", type=_int_tuple, default=None, metavar="SH,SW",
+                   help="conv2d (default 1,1) or maxpool (default: the pool size)")
+    p.add_argument("--padding", choices=("valid", "same"), default="valid", help="conv2d and maxpool")
+    p.add_argument("--activation", default=None,
+                   help="conv2d/dense activation: relu, softmax, tanh, ... (default none)")
+    p.add_argument("--no-bias", action="store_true", help="conv2d/dense without a bias")
+    p.add_argument("--units", type=int, default=None, help="dense: output units (default 4); model: hidden units (8)")
+    p.add_argument("--classes", type=int, default=10, help="softmax_ce and model: number of classes (default 10)")
+    p.add_argument("--max-checks", type=int, default=0, metavar="M",
+                   help="probe at most M random entries per tensor (default 0: every entry)")
+    p.add_argument("--eps", type=float, default=EPS, help=f"central-difference step (default {EPS:g})")
+    p.add_argument("--threshold", type=float, default=THRESHOLD,
+                   help=f"largest relative error that passes (default {THRESHOLD:g})")
+    p.add_argument("--seed", type=int, default=0, help="random seed for inputs, weights and probes (default 0)")
+    return p
+
+
+def _make_layer(args, parser):
+    from npcnn.layers import Conv2D, Dense, Flatten, MaxPooling2D, ReLU
+
+    kind = args.layer
+    bias = not args.no_bias
+    if kind == "conv2d":
+        filters = (args.filters or (3,))
+        if len(filters) != 1:
+            parser.error("--filters takes one integer with --layer conv2d")
+        kernel = _pair(args.kernel_size, "kernel-size", parser) or (3, 2)
+        strides = _pair(args.strides, "strides", parser) or (1, 1)
+        return Conv2D(filters[0], kernel, strides=strides, padding=args.padding, activation=args.activation,
+                      use_bias=bias, name="conv2d")
+    if kind == "maxpool":
+        pool = _pair(args.pool_size, "pool-size", parser) or (2, 2)
+        return MaxPooling2D(pool, strides=_pair(args.strides, "strides", parser), padding=args.padding,
+                            name="max_pooling2d")
+    if kind == "dense":
+        return Dense(args.units or 4, activation=args.activation, use_bias=bias, name="dense")
+    if kind == "relu":
+        return ReLU(name="re_lu")
+    return Flatten(name="flatten")
+
+
+def _describe(layer):
+    """'Conv2D(filters=3, kernel_size=(3, 2), strides=(1, 1), padding='valid')' and the like."""
+    attrs = [f"{a}={getattr(layer, a)!r}" for a in ("filters", "units", "kernel_size", "pool_size", "strides",
+                                                     "padding", "use_bias") if hasattr(layer, a)]
+    if getattr(layer, "activation", None) is not None:
+        attrs.append(f"activation={layer.activation.activation_name!r}")
+    return f"{type(layer).__name__}({', '.join(attrs)})"
+
+
+def run_checks(args, parser=None):
+    """Run the checks that parsed CLI ``args`` ask for.
+
+    Returns:
+        ``(description, results, sections)``: a phrase naming what was checked, the list of
+        :class:`CheckResult` and the section titles for :func:`print_results`.
+    """
+    from npcnn.utils import set_random_seed
+
+    parser = parser or _build_parser()
+    if args.batch_size <= 0:
+        parser.error("--batch-size must be positive")
+    set_random_seed(args.seed)  # weight initialisation
+    max_checks = args.max_checks or None
+    common = dict(eps=args.eps, threshold=args.threshold, seed=args.seed)
+    if args.layer == "softmax_ce":
+        what = f"the fused softmax cross-entropy, logits ({args.batch_size}, {args.classes})"
+        return what, check_softmax_ce(args.batch_size, args.classes, **common), []
+    if args.layer is not None:
+        shape = args.input_shape or _DEFAULT_SHAPES[args.layer]
+        try:
+            layer = _make_layer(args, parser)
+            layer.build(shape)
+        except (ValueError, TypeError) as e:
+            parser.error(str(e))
+        what = f"{_describe(layer)} on input {(args.batch_size,) + tuple(shape)}"
+        return what, check_layer(layer, shape, batch_size=args.batch_size, max_checks=max_checks, **common), []
+
+    filters = args.filters or (4, 6, 5)
+    if len(filters) != 3:
+        parser.error("--filters takes three integers (e.g. 4,6,5) for the seed model")
+    shape = args.input_shape or _DEFAULT_SHAPES["model"]
+    units = args.units or 8
+    try:
+        model = seed_model(shape, filters, units, args.classes)
+    except (ValueError, TypeError) as e:
+        parser.error(f"the seed model does not fit --input-shape {','.join(map(str, shape))}: {e}")
+    what = (f"the seed model shrunk to input {(args.batch_size,) + tuple(shape)}, filters "
+            f"{','.join(map(str, filters))}, units {units}, classes {args.classes}")
+    results, sections = [], [("each layer: d sum(y * dy) / d (input, params) for a random dy", 0)]
+    for layer in model.layers:
+        results += check_layer(layer, layer.built_input_shape, batch_size=args.batch_size,
+                               max_checks=max_checks, **common)
+    sections.append(("loss head: fused softmax cross-entropy, d loss / d logits", len(results)))
+    results += check_softmax_ce(args.batch_size, args.classes, **common)
+    sections.append(("whole model: d loss / d params through every layer", len(results)))
+    rng = np.random.default_rng(args.seed)
+    x = rng.standard_normal((args.batch_size,) + tuple(shape))
+    y = rng.integers(0, args.classes, size=args.batch_size)
+    results += check_model(model, x, y, max_checks=max_checks, **common)
+    return what, results, sections
+
+
+def main(argv=None) -> int:
+    """``python -m npcnn.gradcheck``: print one row per checked tensor; return 0 when all pass, else 1."""
+    import sys
+
+    import npcnn
+
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    backend = args.backend or npcnn.get_backend()
+    with npcnn.use_backend(backend):
+        what, results, sections = run_checks(args, parser)
+        fallbacks = _fallbacks(backend)
+    probes = "every entry probed" if not args.max_checks else f"at most {args.max_checks} random entries per tensor"
+    print(f"gradcheck: {what}")
+    print(f"backend {backend}, float64, central differences (eps {args.eps:g}), {probes}, seed {args.seed}")
+    if fallbacks:
+        print(f"note: backend {backend} has no compiled version of {', '.join(fallbacks)}; "
+              "their NumPy twins ran")
+    ok = print_results(results, threshold=args.threshold, sections=sections)
+    sys.stdout.flush()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
