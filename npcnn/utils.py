@@ -82,3 +82,38 @@ def int_pair(value, name, owner=None):
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"{where}{name} must be an int or a tuple of 2 ints, got {value!r}")
     return tuple(positive_int(v, name, owner) for v in value)
+
+
+def get_rng_state() -> dict:
+    """A JSON-able copy of the state of npcnn's global generator (for checkpoints).
+
+    Example::
+
+        state = get_rng_state()          # {'bit_generator': 'PCG64', 'state': {...}, ...}
+        json.dumps(state)                # plain dicts and ints
+        set_rng_state(state)             # the next draws repeat exactly
+    """
+    import copy
+
+    return copy.deepcopy(_rng.bit_generator.state)
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore a state returned by :func:`get_rng_state`; the following draws repeat exactly.
+
+    Raises:
+        ValueError: ``state`` is not a NumPy bit-generator state.
+    """
+    global _rng
+    if not isinstance(state, dict) or not isinstance(state.get("bit_generator"), str):
+        raise ValueError(f"set_rng_state: expected a dict from get_rng_state(), got {type(state).__name__}")
+    name = state["bit_generator"]
+    bitgen_cls = getattr(np.random, name, None)
+    if not (isinstance(bitgen_cls, type) and issubclass(bitgen_cls, np.random.BitGenerator)):
+        raise ValueError(f"set_rng_state: unknown bit generator {name!r}")
+    if type(_rng.bit_generator) is bitgen_cls:
+        _rng.bit_generator.state = state
+    else:
+        bitgen = bitgen_cls()
+        bitgen.state = state
+        _rng = np.random.Generator(bitgen)
