@@ -1,4 +1,8 @@
-"""Callbacks, as in Keras: History, a progress bar, TerminateOnNaN, EarlyStopping."""
+"""Callbacks, as in Keras: History, a progress bar, TerminateOnNaN, EarlyStopping.
+
+``GradientNormLogger`` (per-layer gradient and weight norms per epoch) lives in :mod:`npcnn.inspect`
+and is importable from here too.
+"""
 
 from __future__ import annotations
 
@@ -58,9 +62,14 @@ class History(Callback):
 
 
 def format_logs(logs):
-    """' - loss: 1.2345 - accuracy: 0.5000' for the scalar entries of logs."""
+    """' - loss: 1.2345 - accuracy: 0.5000' for the scalar entries of logs.
+
+    Keys containing '/' (per-layer diagnostics such as 'grad_norm/conv2d/kernel') are left out.
+    """
     parts = []
     for k, v in logs.items():
+        if "/" in str(k):
+            continue
         if np.ndim(v) == 0 and isinstance(v, (int, float, np.floating, np.integer)):
             parts.append(f"{k}: {float(v):.4f}")
     return "".join(f" - {p}" for p in parts)
@@ -173,3 +182,12 @@ class EarlyStopping(Callback):
                 self.model.stop_training = True
                 if self.restore_best_weights and self.best_weights is not None:
                     self.model.set_weights(self.best_weights)
+
+
+def __getattr__(name):
+    # npcnn.inspect imports this module; re-export its callback lazily to avoid a circular import.
+    if name == "GradientNormLogger":
+        from npcnn.inspect import GradientNormLogger
+
+        return GradientNormLogger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
