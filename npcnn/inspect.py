@@ -234,6 +234,8 @@ class GradientNormLogger(Callback):
     Gradient norms that shrink by orders of magnitude from the last layer to the first suggest vanishing
     gradients; ones that grow epoch after epoch, exploding ones. Keys containing '/' are kept out of the
     progress bar; read them from ``history.history`` or plot them with ``examples/plot_history.py``.
+    Place it before a :class:`npcnn.checkpoint.TrainingCheckpoint` in ``callbacks`` so that the checkpoint's
+    history holds the norms too.
 
     Args:
         probe: optional (x, y) batch to measure the gradients on, with :func:`trace`.
@@ -323,12 +325,18 @@ def save_history(history, path):
 
 
 def load_history(path):
-    """Read a JSON history written by :func:`save_history` (or a plain {'loss': [...], ...} dict).
+    """Read a history: JSON written by :func:`save_history` (or a plain {'loss': [...], ...} dict), or the
+    history inside a training checkpoint ``.npz`` (:mod:`npcnn.checkpoint`).
 
     Returns:
         the dict of per-epoch lists, like ``History.history``.
     """
-    with open(os.fspath(path)) as f:
+    path = os.fspath(path)
+    if path.endswith(".npz"):
+        from npcnn.checkpoint import load_checkpoint
+
+        return {k: list(v) for k, v in load_checkpoint(path).history.items()}
+    with open(path) as f:
         data = json.load(f)
     if isinstance(data, dict) and isinstance(data.get("history"), dict):
         data = data["history"]

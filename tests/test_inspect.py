@@ -275,3 +275,15 @@ def test_maxpool_record_routes_gradient(rng):
     # each window's gradient lands on exactly one input position
     nonzero = (rec.grad_input != 0).reshape(2, 2, 2, 2, 2, 1).sum(axis=(2, 4))
     assert np.all(nonzero == 1)
+
+
+def test_load_history_from_a_checkpoint(tmp_path, data):
+    from npcnn.checkpoint import TrainingCheckpoint
+
+    model = small_model()
+    x, y = data
+    ckpt = TrainingCheckpoint(tmp_path)
+    history = model.fit(x, y, epochs=2, batch_size=3, verbose=0, callbacks=[GradientNormLogger(), ckpt])
+    loaded = load_history(ckpt.path)
+    assert loaded["loss"] == pytest.approx(history.history["loss"])
+    assert loaded["grad_norm/dense_1/kernel"] == pytest.approx(history.history["grad_norm/dense_1/kernel"])
