@@ -200,21 +200,24 @@ def format_trace(records):
     |d out| (the loss gradient w.r.t. the output, or the pre-activation for a fused softmax) | |d in| |
     per parameter |W| and |dW|.
     """
-    head = (f"{'layer (type)':<28} {'output shape':<18} {'out mean':>9} {'out std':>9} {'zeros':>6} "
+    names = [f"{r.name} ({r.type})" for r in records]
+    w = max([len("layer (type)")] + [len(n) for n in names]) + 1
+    s = max([len("output shape")] + [len(str(r.output_shape)) for r in records]) + 1
+    head = (f"{'layer (type)':<{w}} {'output shape':<{s}} {'out mean':>9} {'out std':>9} {'zeros':>6} "
             f"{'|d out|':>9} {'|d in|':>9}  parameters |W| / |dW|")
     lines = [head, "-" * len(head)]
 
     def num(v):
         return f"{v:>9.3g}" if v is not None else f"{'-':>9}"
 
-    for r in records:
+    for name, r in zip(names, records):
         params = "  ".join(
             f"{k} {r.weight_norms[k]:.3g} / " + (f"{r.grad_norms[k]:.3g}" if k in r.grad_norms else "-")
             for k in r.weight_norms)
         out = r.output.astype(np.float64)
-        lines.append(f"{(r.name + ' (' + r.type + ')'):<28} {str(r.output_shape):<18} {out.mean():>9.3g} "
+        lines.append(f"{name:<{w}} {str(r.output_shape):<{s}} {out.mean():>9.3g} "
                      f"{out.std():>9.3g} {r.zero_fraction:>6.1%} {num(r.grad_output_norm)} "
-                     f"{num(r.grad_input_norm)}  {params}")
+                     f"{num(r.grad_input_norm)}  {params}".rstrip())
     return "\n".join(lines)
 
 
