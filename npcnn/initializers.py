@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npcnn.utils import did_you_mean, get_rng
+from npcnn.utils import get_rng, lookup
 
 
 def _fans(shape):
@@ -74,10 +74,43 @@ _INITIALIZERS = {
 }
 
 
-def get(identifier):
-    """Return an initialiser function from a name or a callable ``f(shape, dtype)``."""
+def get(identifier, owner=None, name="initializer"):
+    """Return an initialiser function from a name or a callable ``f(shape, dtype)``.
+
+    A callable is wrapped so that an array of the wrong shape, a non-numeric or a
+    non-finite result is refused when the layer is built.
+
+    Raises:
+        ValueError: an unknown name (the closest valid one is suggested).
+        TypeError: neither a name nor a callable.
+    """
     if callable(identifier):
-        return identifier
-    if isinstance(identifier, str) and identifier.lower() in _INITIALIZERS:
-        return _INITIALIZERS[identifier.lower()]
-    raise ValueError(f"Unknown initializer {identifier!r}" + did_you_mean(identifier, _INITIALIZERS))
+        return _checked(identifier, owner, name)
+    if not isinstance(identifier, str):
+        raise TypeError(
+            f"{owner + ': ' if owner else ''}{name} must be a name ({', '.join(map(repr, _INITIALIZERS))}) "
+            f"or a callable f(shape, dtype), got {identifier!r} ({type(identifier).__name__})"
+        )
+    return lookup(identifier, _INITIALIZERS, name, owner)
+
+
+def _checked(fn, owner, name):
+    if getattr(fn, "_npcnn_checked", False) or fn in _INITIALIZERS.values():
+        return fn
+
+    def init(shape, dtype=np.float32):
+        out = np.asarray(fn(shape, dtype))
+        where = f"{owner + ': ' if owner else ''}{name} {getattr(fn, '__name__', fn)!r}"
+        if out.shape != tuple(shape):
+            raise ValueError(f"{where} returned an array of shape {out.shape}, expected {tuple(shape)}")
+        if out.dtype.kind not in "biuf":
+            raise TypeError(f"{where} returned dtype {out.dtype}, expected numbers")
+        out = out.astype(dtype, copy=False)
+        if not np.isfinite(out).all():
+            raise ValueError(f"{where} returned NaN or Inf values")
+        return out
+
+    init._npcnn_checked = True
+    init.__name__ = getattr(fn, "__name__", "initializer")
+    init.__doc__ = getattr(fn, "__doc__", None)
+    return init

@@ -7,21 +7,27 @@ updates every parameter in place.
 
 from __future__ import annotations
 
-import io
 import os
 import re
-import sys
-import time
 import zipfile
+from zlib import error as zlib_error
 
 import numpy as np
 
 from npcnn import callbacks as cbks
 from npcnn import losses as losses_mod
 from npcnn import optimizers as optimizers_mod
-from npcnn.layers.base import Layer
+from npcnn.layers.base import Layer, _check_input_shape, check_weight_list
 from npcnn.layers.core import Softmax
-from npcnn.utils import atomic_write, get_rng, positive_int
+from npcnn.utils import (
+    NotBuiltError,
+    NotCompiledError,
+    atomic_write,
+    check_verbose,
+    did_you_mean,
+    get_rng,
+    positive_int,
+)
 
 _NUMERIC_KINDS = "biuf"
 
@@ -80,15 +86,30 @@ class Sequential:
 
     def build(self, input_shape):
         """Build every layer for inputs of shape ``input_shape`` (with or without a leading None)."""
-        shape = tuple(input_shape)
+        try:
+            shape = tuple(input_shape)
+        except TypeError:
+            raise TypeError(f"build: input_shape must be a tuple such as (None, 32, 32, 3), got {input_shape!r}") \
+                from None
         if shape and shape[0] is None:
             shape = shape[1:]
-        self.input_shape = tuple(int(d) for d in shape)
-        self._build_from(0)
+        if not self.layers:
+            raise NotBuiltError("build: the model has no layers; add some with model.add(...)")
+        self.input_shape = _check_input_shape(shape, "build")
+        try:
+            self._build_from(0)
+        except Exception:
+            self.input_shape = None
+            raise
 
     def _build_from(self, start):
         shape = self.input_shape if start == 0 else self.layers[start - 1].output_shape
         for layer in self.layers[start:]:
+            if layer.built and tuple(layer.built_input_shape) != tuple(shape):
+                raise ValueError(
+                    f"layer {layer.name!r} ({type(layer).__name__}) was built for inputs of shape "
+                    f"{layer.built_input_shape}, but here it receives {tuple(shape)}"
+                )
             try:
                 shape = layer.build(shape) if not layer.built else layer.compute_output_shape(shape)
             except ValueError as e:
@@ -121,20 +142,18 @@ class Sequential:
         return [p.copy() for p in self.params]
 
     def set_weights(self, weights):
-        """Copy a list of arrays (Keras order and layouts) into the model; lists every mismatch."""
+        """Copy a list of arrays (Keras order and layouts) into the model.
+
+        Raises:
+            ValueError: wrong count, shapes or NaN/Inf values; every mismatch is listed by layer,
+                and nothing is changed.
+            TypeError: not a list of numeric arrays.
+        """
         self._require_built("set_weights")
-        weights = list(weights)
-        expected = [(layer.name, key, p.shape) for layer in self.layers for key, p in layer.params.items()]
-        problems = []
-        if len(weights) != len(expected):
-            problems.append(f"expected {len(expected)} arrays, got {len(weights)}")
-        for (lname, key, shape), w in zip(expected, weights):
-            w_shape = np.shape(w)
-            if w_shape != shape:
-                problems.append(f"layer {lname!r} {key}: expected shape {shape}, got {w_shape}")
-        if problems:
-            raise ValueError("set_weights: weights do not match the model:\n  " + "\n  ".join(problems))
-        for p, w in zip(self.params, weights):
+        expected = [(f"layer {layer.name!r} {key}", p.shape)
+                    for layer in self.layers for key, p in layer.params.items()]
+        arrays = check_weight_list(weights, expected, "set_weights")
+        for p, w in zip(self.params, arrays):
             p[...] = w
 
     def _weight_dict(self):
@@ -148,19 +167,17 @@ class Sequential:
             np.savez(f, **self._weight_dict())
 
     def load_weights(self, filepath):
-        """Read weights written by :meth:`save_weights`; never unpickles; lists every mismatch by layer."""
+        """Read weights written by :meth:`save_weights`; never unpickles; lists every mismatch by layer.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: the file is truncated, not an .npz archive, holds pickled objects, or its
+                arrays do not match the model (every mismatch listed by layer). The file is named;
+                nothing is changed.
+        """
         self._require_built("load_weights")
         filepath = os.fspath(filepath)
-        try:
-            with np.load(filepath, allow_pickle=False) as data:
-                stored = {k: data[k] for k in data.files}
-        except FileNotFoundError:
-            raise FileNotFoundError(f"load_weights: no such file: {filepath!r}") from None
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-            raise ValueError(
-                f"load_weights: {filepath!r} is not a readable npcnn weights file (.npz written by "
-                f"save_weights): {e}"
-            ) from None
+        stored = read_npz(filepath, "load_weights", "an npcnn weights file (.npz written by save_weights)")
         self._assign_weight_dict(stored, f"load_weights({filepath!r})")
 
     def _assign_weight_dict(self, stored, where):
@@ -171,6 +188,10 @@ class Sequential:
                 problems.append(f"missing {key} (shape {p.shape})")
             elif stored[key].shape != p.shape:
                 problems.append(f"{key}: expected shape {p.shape}, got {stored[key].shape}")
+            elif stored[key].dtype.kind not in "biuf":
+                problems.append(f"{key}: expected numbers, got dtype {stored[key].dtype}")
+            elif not np.isfinite(stored[key]).all():
+                problems.append(f"{key}: contains NaN or Inf")
         for key in stored:
             if key not in current:
                 problems.append(f"unexpected {key} (shape {stored[key].shape})")
@@ -213,19 +234,30 @@ class Sequential:
 
     # ------------------------------------------------------------------ compile
     def compile(self, optimizer="rmsprop", loss=None, metrics=None):
-        """Choose the optimizer ('adam', 'sgd' or an instance), the loss and the metrics (['accuracy'])."""
-        if optimizer == "rmsprop":
-            raise ValueError("compile: optimizer 'rmsprop' is not implemented in npcnn; use 'adam' or 'sgd'")
-        self.optimizer = optimizers_mod.get(optimizer)
+        """Choose the optimizer ('adam', 'sgd' or an instance), the loss and the metrics (['accuracy']).
+
+        Raises:
+            ValueError: an unknown or unimplemented name (the closest valid one is suggested),
+                a missing loss, or a built model whose output does not fit the loss.
+            TypeError: an argument of the wrong type (e.g. metrics='accuracy' instead of a list).
+        """
+        optimizer = optimizers_mod.get(optimizer)
         if loss is None:
             raise ValueError("compile: loss is required, e.g. loss='sparse_categorical_crossentropy'")
-        self.loss = losses_mod.get(loss)
-        metrics = list(metrics or [])
+        loss = losses_mod.get(loss)
+        if metrics is None:
+            metrics = []
+        if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)):
+            raise TypeError(f"compile: metrics must be a list such as ['accuracy'], got {metrics!r}")
+        valid = ("accuracy", "acc", "sparse_categorical_accuracy")
         for m in metrics:
-            if m not in ("accuracy", "acc", "sparse_categorical_accuracy"):
-                from npcnn.utils import did_you_mean
-
-                raise ValueError(f"compile: unknown metric {m!r}" + did_you_mean(m, ("accuracy",)))
+            if not isinstance(m, str):
+                raise TypeError(f"compile: metrics must be names such as 'accuracy', got {m!r} ({type(m).__name__})")
+            if m not in valid:
+                raise ValueError(f"compile: unknown metric {m!r}" + did_you_mean(m, valid))
+        if self.output_shape is not None:
+            self._check_output_for_loss("compile", loss)
+        self.optimizer, self.loss = optimizer, loss
         self.metrics = ["accuracy" if m in ("acc", "accuracy") else m for m in metrics]
         self.compiled = True
 
@@ -272,15 +304,20 @@ class Sequential:
         return dy
 
     def _loss_and_grad(self, x, labels):
+        """Loss and gradients (in every layer's ``grads``) for a batch already checked at the boundary."""
         fused = self._fused
         out = self.forward(x, training=True, logits=fused)
-        loss, dout = self.loss.compute(out, labels, logits=fused)
+        loss, dout = losses_mod.unchecked_compute(self.loss)(out, labels, logits=fused)
         self.backward(dout, logits=fused)
         return float(loss), out
 
-    def _train_step(self, x, labels):
+    def _train_step(self, x, labels, where="train_on_batch", epoch=None, step=0):
+        """One update. The loss and gradients are checked for NaN/Inf *before* the optimizer runs,
+        so a bad batch raises FloatingPointError and leaves the weights of the last good step."""
         loss, out = self._loss_and_grad(x, labels)
-        self.optimizer.apply(self.params, self.grads)
+        grads = self.grads
+        self._check_finite_step(loss, grads, where, epoch, step)
+        self.optimizer.apply(self.params, grads)
         return loss, _correct(out, labels)
 
     def trace(self, x, y=None):
@@ -290,15 +327,16 @@ class Sequential:
         return trace(self, x, y)
 
     def __call__(self, x, training=False):
-        return self.forward(np.asarray(x, dtype=np.float32), training=training)
+        """Outputs for one batch (checked like :meth:`predict`)."""
+        x = self._check_x(x, "__call__")
+        return self.forward(np.ascontiguousarray(x, dtype=np.float32), training=training)
 
     # ------------------------------------------------------------------ public loops
     def train_on_batch(self, x, y):
         """One update on one batch; returns [loss, accuracy] measured before the update."""
         self._require_compiled("train_on_batch")
         x, y = self._check_xy(x, y, "train_on_batch")
-        loss, correct = self._train_step(self._batch(x, np.arange(len(x))), y)
-        self._check_finite_loss(loss, "train_on_batch", None, 0)
+        loss, correct = self._train_step(self._batch(x, np.arange(len(x))), y, "train_on_batch")
         return self._result(loss, correct / len(x))
 
     def test_on_batch(self, x, y):
@@ -319,18 +357,26 @@ class Sequential:
             shuffle: a fresh permutation of the training samples every epoch.
             initial_epoch: epoch to start from (to resume a run).
         Raises:
-            FloatingPointError: the loss became NaN or Inf (names the epoch and batch).
+            FloatingPointError: the loss or a gradient became NaN or Inf (names the epoch and batch);
+                the weights are those of the last good batch, and no callback sees the bad epoch's end.
+            NotCompiledError: called before ``compile`` (a RuntimeError and a ValueError).
+            ValueError, TypeError: bad data or arguments (see docs/errors.md), found before any
+                kernel runs: the whole of x and y is checked once per call.
         """
         self._require_compiled("fit")
         batch_size = positive_int(batch_size, "batch_size", "fit")
         epochs = positive_int(epochs, "epochs", "fit")
-        if verbose not in (0, 1, 2):
-            raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
-        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) or initial_epoch < 0:
+        verbose = check_verbose(verbose, "fit")
+        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)):
+            raise TypeError(f"fit: initial_epoch must be a non-negative integer, got {initial_epoch!r}")
+        if initial_epoch < 0:
             raise ValueError(f"fit: initial_epoch must be a non-negative integer, got {initial_epoch!r}")
-        x, y = self._check_xy(x, y, "fit")
-        if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
+        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float, np.floating)):
+            raise TypeError(f"fit: validation_split must be a float in [0, 1), got {validation_split!r}")
+        if not 0 <= validation_split < 1:
             raise ValueError(f"fit: validation_split must be a float in [0, 1), got {validation_split!r}")
+        callbacks = _check_callbacks(callbacks)
+        x, y = self._check_xy(x, y, "fit")
         if validation_data is None and validation_split > 0:
             n_val = int(len(x) * validation_split)
             if n_val == 0 or n_val == len(x):
@@ -339,7 +385,10 @@ class Sequential:
             x, y = x[:-n_val], y[:-n_val]
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError("fit: validation_data must be a tuple (x_val, y_val)")
+                raise ValueError(
+                    f"fit: validation_data must be a tuple (x_val, y_val), got {type(validation_data).__name__}"
+                    + (f" of length {len(validation_data)}" if isinstance(validation_data, (tuple, list)) else "")
+                )
             validation_data = self._check_xy(validation_data[0], validation_data[1], "fit(validation_data)")
 
         n = len(x)
@@ -348,7 +397,7 @@ class Sequential:
         cb_list = [history]
         if verbose:
             cb_list.append(cbks.ProgbarLogger(verbose, steps=steps, epochs=epochs))
-        cb_list += list(callbacks or [])
+        cb_list += callbacks
         cb = cbks.CallbackList(cb_list, self)
         self.history = history
         self.stop_training = False
@@ -363,8 +412,7 @@ class Sequential:
                 if shuffle:
                     idx = np.sort(idx)  # same batch content; sorted reads are faster
                 cb.on_train_batch_begin(step)
-                loss, correct = self._train_step(self._batch(x, idx), y[idx])
-                self._check_finite_loss(loss, "fit", epoch, step)
+                loss, correct = self._train_step(self._batch(x, idx), y[idx], "fit", epoch, step)
                 seen += len(idx)
                 loss_sum += loss * len(idx)
                 correct_sum += correct
@@ -385,6 +433,7 @@ class Sequential:
         """Loss and accuracy over (x, y) in batches; returns [loss, accuracy] (or loss alone without metrics)."""
         self._require_compiled("evaluate")
         batch_size = positive_int(batch_size, "batch_size", "evaluate")
+        verbose = check_verbose(verbose, "evaluate")
         if not _checked:
             x, y = self._check_xy(x, y, "evaluate")
         n = len(x)
@@ -395,11 +444,12 @@ class Sequential:
         for step in range(steps):
             sl = slice(step * batch_size, (step + 1) * batch_size)
             out = self.forward(self._batch(x, sl), training=False, logits=fused)
-            loss, _ = self.loss.compute(out, y[sl], logits=fused)
+            loss, _ = losses_mod.unchecked_compute(self.loss)(out, y[sl], logits=fused)
             loss_sum += float(loss) * len(out)
             correct += _correct(out, y[sl])
             if bar is not None:
-                bar.update(step + 1, self._logs(loss_sum / min(n, (step + 1) * batch_size), correct / min(n, (step + 1) * batch_size)))
+                done = min(n, (step + 1) * batch_size)
+                bar.update(step + 1, self._logs(loss_sum / done, correct / done))
         result = self._result(loss_sum / n, correct / n)
         if bar is not None:
             bar.close(self._logs(loss_sum / n, correct / n))
@@ -410,6 +460,7 @@ class Sequential:
     def predict(self, x, batch_size=32, verbose=0):
         """Model outputs for x, in batches: (N,) + output_shape float32 (probabilities after a softmax)."""
         batch_size = positive_int(batch_size, "batch_size", "predict")
+        verbose = check_verbose(verbose, "predict")
         x = self._check_x(x, "predict")
         steps = -(-len(x) // batch_size)
         out = np.empty((len(x),) + tuple(self.output_shape), dtype=np.float32)
@@ -424,7 +475,8 @@ class Sequential:
         return out
 
     def predict_on_batch(self, x):
-        return self.predict(x, batch_size=max(len(x), 1))
+        x = self._check_x(x, "predict_on_batch")
+        return self.predict(x, batch_size=len(x))
 
     # ------------------------------------------------------------------ helpers
     def _metric_names(self):
@@ -443,32 +495,52 @@ class Sequential:
     def _batch(x, idx):
         return np.ascontiguousarray(x[idx], dtype=np.float32)
 
-    def _check_finite_loss(self, loss, where, epoch, step):
+    def _check_finite_step(self, loss, grads, where, epoch, step):
+        """Raise FloatingPointError if the loss or any gradient is NaN/Inf (before the update).
+
+        The gradients are summed in float64 (which cannot overflow for finite float32 values), so
+        one non-finite entry anywhere makes its sum non-finite: one cheap reduction per tensor.
+        """
+        bad = None
         if not np.isfinite(loss):
-            at = f"epoch {epoch + 1}, batch {step + 1}" if epoch is not None else "this batch"
-            self.stop_training = True
-            raise FloatingPointError(
-                f"{where}: the loss became {loss} at {at}; training stopped (weights are no longer usable). "
-                "Lower the learning rate, scale the inputs (e.g. x / 255) or check the data for extreme values."
-            )
+            bad = f"the loss became {loss}"
+        else:
+            layer_keys = [(layer.name, k) for layer in self.layers for k in layer.params]
+            for (lname, key), g in zip(layer_keys, grads):
+                if not np.isfinite(np.sum(g, dtype=np.float64)):
+                    bad = f"the gradient of {lname}/{key} became NaN or Inf (loss {loss:.6g})"
+                    break
+        if bad is None:
+            return
+        at = f"epoch {epoch + 1}, batch {step + 1}" if epoch is not None else "this batch"
+        self.stop_training = True
+        raise FloatingPointError(
+            f"{where}: {bad} at {at}; training stopped before this update, so the weights are those of "
+            "the last good batch. Lower the learning rate, scale the inputs (e.g. x / 255) or check the "
+            "data for extreme values."
+        )
 
     def _require_compiled(self, where):
         if not self.compiled:
-            raise RuntimeError(
+            raise NotCompiledError(
                 f"{where}: the model must be compiled first: call model.compile(optimizer='adam', "
                 "loss='sparse_categorical_crossentropy', metrics=['accuracy'])"
             )
 
     def _require_built(self, where):
         if not self.layers:
-            raise RuntimeError(f"{where}: the model has no layers; add some with model.add(...)")
+            raise NotBuiltError(f"{where}: the model has no layers; add some with model.add(...)")
         if not self.built:
-            raise RuntimeError(
+            raise NotBuiltError(
                 f"{where}: the model is not built yet; give the first layer input_shape=(H, W, C) "
                 "or call model.build((None, H, W, C))"
             )
 
     def _check_x(self, x, where):
+        """x as an array of shape (N,) + input_shape with numeric dtype and finite values, or raise.
+
+        The NaN/Inf scan runs once per call over the whole array (in chunks), never per step.
+        """
         if x is None:
             raise ValueError(f"{where}: x is required")
         if not isinstance(x, np.ndarray):
@@ -481,46 +553,92 @@ class Sequential:
         if x.ndim == 0 or len(x) == 0:
             raise ValueError(f"{where}: x is empty (shape {x.shape}); pass at least one sample")
         if not self.layers:
-            raise RuntimeError(f"{where}: the model has no layers; add some with model.add(...)")
+            raise NotBuiltError(f"{where}: the model has no layers; add some with model.add(...)")
         if self.input_shape is None:
             self.build(x.shape[1:])
-        if tuple(x.shape[1:]) != tuple(self.input_shape):
+        expected = tuple(self.input_shape)
+        if tuple(x.shape[1:]) != expected:
+            if x.ndim - 1 != len(expected):
+                what = f"rank {x.ndim} (batch + {x.ndim - 1} axes); expected rank {len(expected) + 1}"
+                if x.ndim == len(expected):
+                    what += " (a single sample? add the batch axis: x[None])"
+            else:
+                what = "per-sample shape " + str(tuple(x.shape[1:])) + ", expected " + str(expected)
             raise ValueError(
-                f"{where}: x has shape {x.shape}, but the model expects (N,) + {tuple(self.input_shape)} "
-                f"(batch first, channels last: N, H, W, C)"
+                f"{where}: x has shape {x.shape}, but the model expects (N,) + {expected} "
+                f"(batch first, channels last): {what}"
             )
         if x.dtype.kind == "f" and not _all_finite(x):
-            raise ValueError(f"{where}: x contains NaN or Inf values; clean or impute them before training")
+            raise ValueError(f"{where}: x contains NaN or Inf values; clean or impute them first")
+        if x.dtype.kind == "f" and x.dtype.itemsize > 4 and np.abs(x).max() > np.finfo(np.float32).max:
+            raise ValueError(f"{where}: x holds values beyond float32's range (|x| > 3.4e38)")
         return x
 
+    def _check_output_for_loss(self, where, loss=None):
+        loss = loss if loss is not None else self.loss
+        if len(self.output_shape) != 1:
+            raise ValueError(
+                f"{where}: the model's output has shape {(None,) + tuple(self.output_shape)}, but "
+                f"{getattr(loss, 'name', 'the loss')} needs (None, classes): add a Flatten() before the "
+                "last Dense layer"
+            )
+
     def _check_xy(self, x, y, where):
+        """x as in :meth:`_check_x`; y as int64 (N,) labels in [0, classes). Checked once per call."""
         x = self._check_x(x, where)
         if y is None:
             raise ValueError(f"{where}: y (the labels) is required")
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        if y.ndim != 1:
-            raise ValueError(
-                f"{where}: labels must have shape (N,) or (N, 1) of class indices, got shape {y.shape}"
-                + (" (one-hot labels? use y.argmax(axis=1))" if y.ndim == 2 else "")
-            )
-        if len(y) != len(x):
-            raise ValueError(f"{where}: x and y have different lengths: {len(x)} samples and {len(y)} labels")
-        if y.dtype.kind == "f":
-            if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-                raise ValueError(f"{where}: labels must be integer class indices, got non-integer values")
-        elif y.dtype.kind not in "iub":
-            raise TypeError(f"{where}: labels must be integer class indices, got dtype {y.dtype}")
-        y = y.astype(np.int64)
-        classes = self.output_shape[-1]
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= classes:
-            raise ValueError(
-                f"{where}: labels must be in [0, {classes}) for a model with {classes} outputs; "
-                f"got values from {lo} to {hi}"
-            )
+        self._check_output_for_loss(where)
+        y = losses_mod.check_labels(y, len(x), self.output_shape[-1], where, "labels")
         return x, y
+
+
+def _check_callbacks(callbacks):
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, cbks.Callback):
+        raise TypeError("fit: callbacks must be a list of Callback instances, got a single Callback; "
+                        "use callbacks=[...]")
+    if not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"fit: callbacks must be a list of Callback instances, got {type(callbacks).__name__}")
+    for cb in callbacks:
+        if not isinstance(cb, cbks.Callback):
+            raise TypeError(f"fit: callbacks must be Callback instances, got {cb!r} ({type(cb).__name__})")
+    return list(callbacks)
+
+
+def read_npz(filepath, where, what):
+    """Every array of the .npz ``filepath``, read with ``allow_pickle=False``.
+
+    Raises:
+        FileNotFoundError: no such file (named).
+        ValueError: truncated, not an .npz archive (e.g. a lone .npy, a pickle, a text file),
+            or holding object arrays; the message names the file and says what was expected.
+    """
+    filepath = os.fspath(filepath)
+    bad = f"{where}: {filepath!r} is not {what}"
+    if os.path.isdir(filepath):
+        raise ValueError(f"{bad}: it is a directory")
+    try:
+        with open(filepath, "rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where}: no such file: {filepath!r}") from None
+    if magic != b"PK\x03\x04":
+        kind = "a .npy array" if magic.startswith(b"\x93NUM") else "an empty file" if not magic \
+            else "not a zip archive"
+        raise ValueError(f"{bad}: {kind}")
+    try:
+        with np.load(filepath, allow_pickle=False) as data:
+            stored = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib_error) as e:
+        reason = "it holds pickled objects, which npcnn never loads" if "pickle" in str(e) \
+            else f"truncated or corrupt ({type(e).__name__}: {e})"
+        raise ValueError(f"{bad}: {reason}") from None
+    foreign = [k for k, v in stored.items() if not isinstance(v, np.ndarray)]
+    if foreign:
+        raise ValueError(f"{bad}: the zip archive holds non-array members {foreign}")
+    return stored
 
 
 def _all_finite(x, chunk=1 << 22):

@@ -9,7 +9,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from npcnn.utils import did_you_mean
+from npcnn.utils import lookup
+
+
+def _number(value, name, owner, lo=None, hi=None, lo_open=False, hi_open=True):
+    """``value`` as float if it is a finite real number in the interval, else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{owner}: {name} must be a number, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    ok = np.isfinite(v)
+    if lo is not None:
+        ok = ok and (v > lo if lo_open else v >= lo)
+    if hi is not None:
+        ok = ok and (v < hi if hi_open else v <= hi)
+    if not ok:
+        interval = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{')' if hi_open else ']'}"
+        raise ValueError(f"{owner}: {name} must be a finite number in {interval}, got {value!r}")
+    return v
 
 
 class Optimizer:
@@ -18,10 +34,7 @@ class Optimizer:
     slot_names: tuple = ()
 
     def __init__(self, learning_rate):
-        if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.floating)) \
-                or not np.isfinite(learning_rate) or learning_rate <= 0:
-            raise ValueError(f"{type(self).__name__}: learning_rate must be a positive number, got {learning_rate!r}")
-        self.learning_rate = float(learning_rate)
+        self.learning_rate = _number(learning_rate, "learning_rate", type(self).__name__, lo=0, lo_open=True, hi=None)
         self.iterations = 0
         self._slots = {}  # id(param) -> (param, {slot_name: array})
 
@@ -34,6 +47,8 @@ class Optimizer:
 
     def apply(self, params, grads):
         """One update step: every ``params[i]`` moves using ``grads[i]`` (in place)."""
+        if len(params) != len(grads):
+            raise ValueError(f"{type(self).__name__}.apply: {len(params)} params but {len(grads)} grads")
         self.iterations += 1
         for p, g in zip(params, grads):
             self.update(p, g, self._slots_for(p))
@@ -51,14 +66,33 @@ class Optimizer:
         return state
 
     def set_state(self, params, state):
-        """Restore what :meth:`get_state` returned (for the same params order and shapes)."""
-        self.iterations = int(state["iterations"])
+        """Restore what :meth:`get_state` returned (for the same params order and shapes).
+
+        Everything is checked before anything is restored; every problem is listed.
+        """
+        owner = f"{type(self).__name__}.set_state"
+        problems = []
+        if "iterations" not in state or np.ndim(state["iterations"]) != 0:
+            problems.append("missing the scalar 'iterations'")
+        pending = []
         for i, p in enumerate(params):
             for name, arr in self._slots_for(p).items():
-                src = np.asarray(state[f"slot{i}_{name}"])
+                key = f"slot{i}_{name}"
+                if key not in state:
+                    problems.append(f"missing {key} (shape {arr.shape})")
+                    continue
+                src = np.asarray(state[key])
                 if src.shape != arr.shape:
-                    raise ValueError(f"optimizer state slot{i}_{name}: expected shape {arr.shape}, got {src.shape}")
-                arr[...] = src
+                    problems.append(f"{key}: expected shape {arr.shape}, got {src.shape}")
+                elif src.dtype.kind not in "biuf" or not np.isfinite(src).all():
+                    problems.append(f"{key}: must hold finite numbers")
+                else:
+                    pending.append((arr, src))
+        if problems:
+            raise ValueError(f"{owner}: the optimizer state does not match the model:\n  " + "\n  ".join(problems))
+        self.iterations = int(state["iterations"])
+        for arr, src in pending:
+            arr[...] = src
 
 
 class SGD(Optimizer):
@@ -66,9 +100,7 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
         super().__init__(learning_rate)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
-        self.momentum = float(momentum)
+        self.momentum = _number(momentum, "momentum", "SGD", lo=0, hi=1)
         self.nesterov = bool(nesterov)
         self.slot_names = ("momentum",) if self.momentum > 0 else ()
 
@@ -105,12 +137,9 @@ class Adam(Optimizer):
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
         super().__init__(learning_rate)
-        for name, b in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not 0 <= b < 1:
-                raise ValueError(f"Adam: {name} must be in [0, 1), got {b!r}")
-        if not epsilon > 0:
-            raise ValueError(f"Adam: epsilon must be positive, got {epsilon!r}")
-        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.beta_1 = _number(beta_1, "beta_1", "Adam", lo=0, hi=1)
+        self.beta_2 = _number(beta_2, "beta_2", "Adam", lo=0, hi=1)
+        self.epsilon = _number(epsilon, "epsilon", "Adam", lo=0, lo_open=True, hi=None)
 
     def apply(self, params, grads):
         t = self.iterations + 1
@@ -131,10 +160,23 @@ class Adam(Optimizer):
 _OPTIMIZERS = {"adam": Adam, "sgd": SGD}
 
 
+# Keras optimizers npcnn does not implement: named so the error says so instead of "unknown".
+_NOT_IMPLEMENTED = ("rmsprop", "adagrad", "adadelta", "adamax", "adamw", "nadam", "ftrl", "lion")
+
+
 def get(identifier):
-    """An Optimizer from a name ('adam', 'sgd') or an instance."""
+    """An Optimizer from a name ('adam', 'sgd') or an instance.
+
+    Raises:
+        ValueError: an unknown name (the closest valid one is suggested), or a Keras optimizer
+            npcnn does not implement (e.g. 'rmsprop', Keras's default).
+        TypeError: neither a name nor an Optimizer.
+    """
     if isinstance(identifier, Optimizer):
         return identifier
-    if isinstance(identifier, str) and identifier.lower() in _OPTIMIZERS:
-        return _OPTIMIZERS[identifier.lower()]()
-    raise ValueError(f"Unknown optimizer {identifier!r}" + did_you_mean(identifier, _OPTIMIZERS))
+    if isinstance(identifier, type) and issubclass(identifier, Optimizer):
+        raise TypeError(f"compile: optimizer must be an Optimizer instance or a name, got the class "
+                        f"{identifier.__name__}; use {identifier.__name__}()")
+    if isinstance(identifier, str) and identifier.lower() in _NOT_IMPLEMENTED:
+        raise ValueError(f"compile: optimizer {identifier!r} is not implemented in npcnn; use 'adam' or 'sgd'")
+    return lookup(identifier, _OPTIMIZERS, "optimizer", "compile")()

@@ -64,9 +64,34 @@ def atomic_write(path, mode="wb"):
         raise
 
 
+class ModelStateError(RuntimeError, ValueError):
+    """The model is not ready for this call (no layers, not built, not compiled).
+
+    A ``RuntimeError`` as in Keras, and also a ``ValueError`` so that every bad call
+    to npcnn's public API can be caught as ``(ValueError, TypeError)``.
+    """
+
+
+class NotCompiledError(ModelStateError):
+    """``fit``/``evaluate``/``train_on_batch`` called before ``compile``."""
+
+
+class NotBuiltError(ModelStateError):
+    """The model has no layers, or its input shape is not known yet."""
+
+
+def _where(owner):
+    return f"{owner}: " if owner else ""
+
+
 def positive_int(value, name, owner=None):
-    """Return ``value`` as int if it is a positive integer, else raise naming the argument."""
-    where = f"{owner}: " if owner else ""
+    """Return ``value`` as int if it is a positive integer, else raise naming the argument.
+
+    Raises:
+        TypeError: not an integer (bools and floats such as 32.0 are refused).
+        ValueError: zero or negative.
+    """
+    where = _where(owner)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{where}{name} must be a positive integer, got {value!r} ({type(value).__name__})")
     if value <= 0:
@@ -75,13 +100,70 @@ def positive_int(value, name, owner=None):
 
 
 def int_pair(value, name, owner=None):
-    """Normalise an int or a pair of ints (Keras's kernel_size/strides/pool_size) to a tuple of 2."""
-    where = f"{owner}: " if owner else ""
+    """Normalise an int or a pair of ints (Keras's kernel_size/strides/pool_size) to a tuple of 2.
+
+    Raises:
+        TypeError: not an int or a tuple/list of 2 ints.
+        ValueError: an entry is zero or negative (the message quotes the whole value).
+    """
+    where = _where(owner)
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (value, value)
     if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(f"{where}{name} must be an int or a tuple of 2 ints, got {value!r}")
-    return tuple(positive_int(v, name, owner) for v in value)
+        raise TypeError(
+            f"{where}{name} must be a positive int or a tuple of 2 positive ints, got {value!r} "
+            f"({type(value).__name__}{f' of length {len(value)}' if isinstance(value, (tuple, list)) else ''})"
+        )
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(
+                f"{where}{name} must be a positive int or a tuple of 2 positive ints, got {tuple(value)!r} "
+                f"(an entry is {type(v).__name__})"
+            )
+        if v <= 0:
+            raise ValueError(
+                f"{where}{name} must be a positive int or a tuple of 2 positive ints, got {tuple(value)!r}"
+            )
+    return tuple(int(v) for v in value)
+
+
+def lookup(identifier, registry, kind, owner=None):
+    """``registry[identifier.lower()]`` for a name, or raise naming ``kind`` with the closest valid name.
+
+    Raises:
+        TypeError: ``identifier`` is not a string.
+        ValueError: an unknown name (" Did you mean 'adam'?" or the list of valid names).
+    """
+    where = _where(owner)
+    valid = ", ".join(repr(k) for k in registry)
+    if not isinstance(identifier, str):
+        raise TypeError(
+            f"{where}{kind} must be a name ({valid}) or an instance, got {identifier!r} ({type(identifier).__name__})"
+        )
+    key = identifier.lower()
+    if key not in registry:
+        raise ValueError(f"{where}unknown {kind} {identifier!r}" + did_you_mean(identifier, registry))
+    return registry[key]
+
+
+def check_verbose(verbose, owner=None):
+    """Keras's verbose: 0 (silent), 1 (progress bar), 2 (one line per epoch) or 'auto' (1)."""
+    if isinstance(verbose, str) and verbose == "auto":
+        return 1
+    if isinstance(verbose, (int, np.integer)) and verbose in (0, 1, 2):
+        return int(verbose)
+    raise ValueError(f"{_where(owner)}verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+
+
+def float_dtype(dtype, owner=None):
+    """``np.dtype(dtype)`` if it is a floating type (float32 or float64), else raise naming ``dtype``."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{_where(owner)}dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"{_where(owner)}dtype must be 'float32' or 'float64', got {dtype!r}")
+    return dt
 
 
 def get_rng_state() -> dict:

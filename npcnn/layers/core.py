@@ -7,7 +7,7 @@ import numpy as np
 from npcnn import initializers
 from npcnn import kernels as K
 from npcnn.layers.base import Layer
-from npcnn.utils import did_you_mean, positive_int
+from npcnn.utils import lookup, positive_int
 
 
 class ReLU(Layer):
@@ -94,15 +94,19 @@ class Tanh(Layer):
 _ACTIVATIONS = {"relu": ReLU, "softmax": Softmax, "linear": Linear, "sigmoid": Sigmoid, "tanh": Tanh}
 
 
-def get_activation_layer(identifier):
-    """An activation layer instance from a name, a layer, or None (no activation)."""
-    if identifier is None or identifier == "linear":
+def get_activation_layer(identifier, owner=None):
+    """An activation layer instance from a name, a layer, or None (no activation).
+
+    Raises:
+        ValueError: an unknown name (the closest valid one is suggested).
+        TypeError: neither a name, a layer nor None.
+    """
+    if identifier is None:
         return None
     if isinstance(identifier, Layer):
         return identifier
-    if isinstance(identifier, str) and identifier.lower() in _ACTIVATIONS:
-        return _ACTIVATIONS[identifier.lower()]()
-    raise ValueError(f"Unknown activation {identifier!r}" + did_you_mean(identifier, _ACTIVATIONS))
+    cls = lookup(identifier, _ACTIVATIONS, "activation", owner)
+    return None if cls is Linear else cls()
 
 
 class Activation(Layer):
@@ -146,8 +150,8 @@ class Dense(Layer):
         super().__init__(name=name, input_shape=input_shape, activation=activation, **kwargs)
         self.units = positive_int(units, "units", "Dense")
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_initializer = initializers.get(kernel_initializer, "Dense", "kernel_initializer")
+        self.bias_initializer = initializers.get(bias_initializer, "Dense", "bias_initializer")
         self._cache = None
 
     def compute_output_shape(self, input_shape):
