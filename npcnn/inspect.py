@@ -95,12 +95,6 @@ class LayerRecord:
                 + (f", {norms}" if norms else "") + ")")
 
 
-def _uses_base_forward(layer):
-    from npcnn.layers.base import Layer
-
-    return type(layer).forward is Layer.forward and type(layer).backward is Layer.backward
-
-
 def trace(model, x, y=None):
     """Activations and gradients of every layer of ``model`` for one batch.
 
@@ -115,8 +109,10 @@ def trace(model, x, y=None):
     Raises:
         RuntimeError: ``y`` given but the model is not compiled (no loss).
 
-    Weights, the optimizer state and each layer's own attributes (caches, ``grads``) are left as they were;
-    the arrays in the records are copies.
+    Weights, the optimizer state and each layer's own attributes (caches, ``grads``, reusable buffers) are
+    left as they were; the arrays in the records are copies. A layer with an activation runs as its op
+    (``forward_pre``) then the activation, even when training fuses them (Conv2D with a ReLU): the same
+    values, split so that the pre-activation and its gradient can be recorded.
     """
     model._require_built("trace")
     labels = None
@@ -129,9 +125,12 @@ def trace(model, x, y=None):
 
     saved = []
     for layer in model.layers:
-        saved.append((layer, dict(vars(layer))))
-        if layer.activation is not None:
-            saved.append((layer.activation, dict(vars(layer.activation))))
+        for obj in (layer, layer.activation):
+            if obj is not None:
+                saved.append((obj, dict(vars(obj))))
+                for k, v in vars(obj).items():  # scratch buffers of its own: the layer's stay as they are
+                    if "workspace" in k and isinstance(v, dict):
+                        setattr(obj, k, {})
     try:
         return _trace(model, x, labels)
     finally:
@@ -145,7 +144,7 @@ def _trace(model, x, labels):
     from_logits = getattr(model.loss, "from_logits", False)
     tail = model._softmax_tail() if fused and not from_logits else None
     last = len(model.layers) - 1
-    records, split = [], []
+    records = []
     for layer in model.layers:
         layer.need_input_grad = True
     out = x
@@ -153,20 +152,17 @@ def _trace(model, x, labels):
     for i, layer in enumerate(model.layers):
         in_shape = tuple(out.shape)
         z = None
-        if layer.activation is not None and _uses_base_forward(layer):
+        if layer.activation is not None:
+            # The layer's op, then its activation, as two steps (a layer that fuses them, such as Conv2D
+            # with a ReLU, computes the same y in one pass) so that z and d loss / d z can be recorded.
             z = layer.forward_pre(out, training=True)
             y_out = layer.activation.forward(z, training=True)
-            split.append(True)
         else:
             y_out = layer.forward(out, training=True)
-            split.append(False)
         if i == last:
             logits = z if tail == "activation" else out if tail == "layer" else y_out
         records.append(LayerRecord(layer.name, type(layer).__name__, in_shape, _copy(y_out), _copy(z)))
         out = y_out
-    if tail == "activation" and not split[-1]:
-        raise RuntimeError(f"trace: the last layer {model.layers[-1].name!r} overrides forward(); "
-                           "cannot separate its softmax from the loss")
 
     if labels is not None:
         _, d = model.loss.compute(logits, labels, logits=fused)
@@ -179,7 +175,7 @@ def _trace(model, x, labels):
                 pass  # the softmax layer's input is the logits: d is already d loss / d logits
             else:
                 rec.grad_output = _copy(d)
-                if split[i]:
+                if layer.activation is not None:
                     dz = layer.activation.backward(d)
                     rec.grad_pre_activation = _copy(dz)
                     d = layer.backward_pre(dz)

@@ -110,7 +110,13 @@ def test_trace_changes_nothing(data):
     opt_state = model.optimizer.get_state(model.params)
     state = [(layer, dict(vars(layer))) for layer in model.layers]
     grads = [{k: g.copy() for k, g in layer.grads.items()} for layer in model.layers]
+    buffers = {(layer.name, attr, key): np.array(buf, copy=True)  # reusable buffers, where a layer keeps them
+               for layer in model.layers for attr, ws in vars(layer).items() if "workspace" in attr
+               and isinstance(ws, dict) for key, buf in ws.items() if isinstance(buf, np.ndarray)}
     model.trace(x[::-1].copy(), y[::-1].copy())
+    for (name, attr, key), before in buffers.items():
+        layer = next(layer for layer in model.layers if layer.name == name)
+        np.testing.assert_array_equal(getattr(layer, attr)[key], before)
     for w0, w1 in zip(weights, model.get_weights()):
         np.testing.assert_array_equal(w0, w1)
     new_state = model.optimizer.get_state(model.params)
