@@ -12,6 +12,12 @@ the worst disagreement, relative to the tensor's largest gradient. In float64 a 
 backward gives about 1e-9 to 1e-11; :data:`THRESHOLD` is 1e-6. Inputs are spread apart
 (no ties in a max-pool window, nothing at ReLU's kink at 0) so the function is smooth
 where it is probed.
+
+Command line: ``python -m npcnn.gradcheck`` checks the shrunk seed model (every layer, the fused softmax
+cross-entropy, the whole model); ``--layer conv2d|maxpool|dense|relu|flatten|softmax_ce`` checks one layer
+with shape, stride and padding options; ``--backend numpy|numba``. It prints one row per tensor and
+``N/M checks passed``, and exits with 0 only when every check passes. See ``--help`` and
+docs/studying_backprop.md.
 """
 
 from __future__ import annotations
@@ -316,9 +322,10 @@ def _build_parser():
 
     p = argparse.ArgumentParser(
         prog="python -m npcnn.gradcheck",
-        description="Check npcnn's backward passes against float64 central differences. Without --layer: "
-                    "every layer of the (shrunk) CIFAR-10 seed model, the fused softmax cross-entropy, "
-                    "and d loss / d params of the whole model. Exit status 0 only when every check passes.",
+        description="Check npcnn's backward passes against float64 central differences.\n"
+                    "Without --layer: every layer of the (shrunk) CIFAR-10 seed model, the fused softmax\n"
+                    "cross-entropy, and d loss / d params of the whole model. Prints one row per tensor;\n"
+                    "exit status 0 only when every check passes, 1 otherwise.",
         epilog="examples:\n"
                "  python -m npcnn.gradcheck\n"
                "  python -m npcnn.gradcheck --layer conv2d --input-shape 9,7,3 --kernel-size 3,2 "
