@@ -505,10 +505,12 @@ class Sequential:
         if not np.isfinite(loss):
             bad = f"the loss became {loss}"
         else:
-            layer_keys = [(layer.name, k) for layer in self.layers for k in layer.params]
-            for (lname, key), g in zip(layer_keys, grads):
-                if not np.isfinite(np.sum(g, dtype=np.float64)):
-                    bad = f"the gradient of {lname}/{key} became NaN or Inf (loss {loss:.6g})"
+            with np.errstate(invalid="ignore"):  # inf + -inf gives a NaN sum: what we look for
+                sums = [np.sum(g, dtype=np.float64) for g in grads]
+            for i, total in enumerate(sums):
+                if not np.isfinite(total):
+                    name = [f"{layer.name}/{k}" for layer in self.layers for k in layer.params][i]
+                    bad = f"the gradient of {name} became NaN or Inf (loss {loss:.6g})"
                     break
         if bad is None:
             return
@@ -620,21 +622,23 @@ def read_npz(filepath, where, what):
     if os.path.isdir(filepath):
         raise ValueError(f"{bad}: it is a directory")
     try:
-        with open(filepath, "rb") as f:
-            magic = f.read(4)
+        f = open(filepath, "rb")
     except FileNotFoundError:
         raise FileNotFoundError(f"{where}: no such file: {filepath!r}") from None
-    if magic != b"PK\x03\x04":
-        kind = "a .npy array" if magic.startswith(b"\x93NUM") else "an empty file" if not magic \
-            else "not a zip archive"
-        raise ValueError(f"{bad}: {kind}")
-    try:
-        with np.load(filepath, allow_pickle=False) as data:
-            stored = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib_error) as e:
-        reason = "it holds pickled objects, which npcnn never loads" if "pickle" in str(e) \
-            else f"truncated or corrupt ({type(e).__name__}: {e})"
-        raise ValueError(f"{bad}: {reason}") from None
+    with f:  # our own handle: NumPy leaks its file when a truncated archive fails to open
+        magic = f.read(4)
+        if magic != b"PK\x03\x04":
+            kind = "a .npy array" if magic.startswith(b"\x93NUM") else "an empty file" if not magic \
+                else "not a zip archive"
+            raise ValueError(f"{bad}: {kind}")
+        f.seek(0)
+        try:
+            with np.load(f, allow_pickle=False) as data:
+                stored = {k: data[k] for k in data.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib_error) as e:
+            reason = "it holds pickled objects, which npcnn never loads" if "pickle" in str(e) \
+                else f"truncated or corrupt ({type(e).__name__}: {e})"
+            raise ValueError(f"{bad}: {reason}") from None
     foreign = [k for k, v in stored.items() if not isinstance(v, np.ndarray)]
     if foreign:
         raise ValueError(f"{bad}: the zip archive holds non-array members {foreign}")

@@ -97,7 +97,7 @@ class Layer:
         Every ``forward`` runs this before any kernel: a few comparisons, no pass over the data.
         """
         if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
-            desc = f"a {x.dtype} array" if isinstance(x, np.ndarray) else type(x).__name__
+            desc = f"dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
             raise TypeError(f"{self._label()}: x must be a float NumPy array, got {desc}")
         if x.ndim < 2 or x.shape[0] == 0:
             raise ValueError(f"{self._label()}: x must have a batch axis and at least one sample, got shape {x.shape}")
