@@ -44,7 +44,10 @@ def did_you_mean(name, choices) -> str:
 def atomic_write(path, mode="wb"):
     """Open a temporary file next to ``path``; rename it over ``path`` only if the block succeeds.
 
-    A crash (or SIGKILL) in the middle leaves either the old file or none, never a half-written one.
+    A crash (or SIGKILL) in the middle leaves either the old file or none, never a half-written one
+    (a killed process may leave its ``.<name>.*.tmp`` file behind; nothing ever reads those).
+    The file is fsynced before the rename and the folder after it; the new file keeps the old
+    one's permissions (or the umask's default), not ``mkstemp``'s 0600.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -55,13 +58,38 @@ def atomic_write(path, mode="wb"):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        try:
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~_umask())
+        except OSError:
+            pass
         os.replace(tmp, path)
+        _fsync_dir(directory)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory):
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class ModelStateError(RuntimeError, ValueError):
