@@ -1,8 +1,9 @@
 """The math of npcnn as pure functions (the cs231n kernel contract).
 
 Each op is a pair ``forward(...) -> (out, cache)`` and ``backward(dout, cache)``.
-Every op file holds its readable NumPy twin (``*_numpy``); the public names
-below dispatch to the backend chosen by :mod:`npcnn.backend`. Nothing here
+Every op file holds its readable NumPy twin (``*_numpy``) and, beside it, its
+compiled Numba version (``*_numba``); the public names below dispatch to the
+backend chosen by :mod:`npcnn.backend`. Nothing here
 imports from ``npcnn.layers`` or ``npcnn.models``.
 """
 
@@ -14,15 +15,16 @@ from npcnn.kernels.im2col import conv_geometry, normalize_padding, output_size
 
 # name -> {"numpy": fn, "numba": fn}. A numba entry missing falls back to numpy.
 _REGISTRY = {
-    "im2col": {"numpy": im2col.im2col_numpy},
-    "col2im": {"numpy": im2col.col2im_numpy},
-    "conv2d_forward": {"numpy": conv.conv2d_forward_numpy},
-    "conv2d_backward": {"numpy": conv.conv2d_backward_numpy},
-    "maxpool2d_forward": {"numpy": pool.maxpool2d_forward_numpy},
-    "maxpool2d_backward": {"numpy": pool.maxpool2d_backward_numpy},
-    "relu_forward": {"numpy": activations.relu_forward_numpy},
-    "relu_backward": {"numpy": activations.relu_backward_numpy},
-    "sparse_softmax_ce": {"numpy": softmax_ce.sparse_softmax_ce_numpy},
+    "im2col": {"numpy": im2col.im2col_numpy, "numba": im2col.im2col_numba},
+    "col2im": {"numpy": im2col.col2im_numpy, "numba": im2col.col2im_numba},
+    "conv2d_forward": {"numpy": conv.conv2d_forward_numpy, "numba": conv.conv2d_forward_numba},
+    "conv2d_backward": {"numpy": conv.conv2d_backward_numpy, "numba": conv.conv2d_backward_numba},
+    "maxpool2d_forward": {"numpy": pool.maxpool2d_forward_numpy, "numba": pool.maxpool2d_forward_numba},
+    "maxpool2d_backward": {"numpy": pool.maxpool2d_backward_numpy, "numba": pool.maxpool2d_backward_numba},
+    "relu_forward": {"numpy": activations.relu_forward_numpy, "numba": activations.relu_forward_numba},
+    "relu_backward": {"numpy": activations.relu_backward_numpy, "numba": activations.relu_backward_numba},
+    "sparse_softmax_ce": {"numpy": softmax_ce.sparse_softmax_ce_numpy,
+                          "numba": softmax_ce.sparse_softmax_ce_numba},
 }
 
 

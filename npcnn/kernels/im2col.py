@@ -106,3 +106,148 @@ def col2im_numpy(cols, x_shape, kernel_size, strides, pads, out_hw):
         for j in range(KW):
             dxp[:, i : i + SH * OH : SH, j : j + SW * OW : SW, :] += cols6[:, :, :, i, j, :]
     return dxp[:, pt : pt + H, pl : pl + W, :]
+
+
+
+# --------------------------------------------------------------------------- Numba versions
+#
+# Same contract as the twins above. The loops run over the batch with ``prange``: every
+# image owns its rows of ``cols`` and its slice of ``dx``, so no two threads ever write one
+# element. Inside, the KW*C values of one kernel row are contiguous in an NHWC image, so
+# each (window, kernel row) pair is one short contiguous copy (im2col) or add (col2im).
+
+from numba import njit, prange  # noqa: E402
+
+from npcnn.kernels.workspace import buffer, run_parallel  # noqa: E402
+
+
+@njit(cache=True)
+def _im2col_image(x3, n, KH, KW, SH, SW, pt, pl, OH, OW, W, C, cols):
+    """Rows of image n: cols[(n*OH + oh)*OW + ow] from x3 = x viewed as (N, H, W*C)."""
+    H = x3.shape[1]
+    KWC = KW * C
+    for oh in range(OH):
+        for ow in range(OW):
+            cr = cols[(n * OH + oh) * OW + ow]
+            w0 = ow * SW - pl
+            inside_w = w0 >= 0 and w0 + KW <= W
+            for i in range(KH):
+                h = oh * SH - pt + i
+                base = i * KWC
+                if h < 0 or h >= H:
+                    for k in range(KWC):
+                        cr[base + k] = 0
+                elif inside_w:  # the whole kernel row is one contiguous run of x
+                    xr = x3[n, h]
+                    src = w0 * C
+                    for k in range(KWC):
+                        cr[base + k] = xr[src + k]
+                else:
+                    xr = x3[n, h]
+                    for j in range(KW):
+                        w = w0 + j
+                        if w < 0 or w >= W:
+                            for c in range(C):
+                                cr[base + j * C + c] = 0
+                        else:
+                            for c in range(C):
+                                cr[base + j * C + c] = xr[w * C + c]
+
+
+@njit(parallel=True, cache=True)
+def _im2col_par(x, KH, KW, SH, SW, pt, pl, OH, OW, cols):
+    N, H, W, C = x.shape
+    x3 = x.reshape(N, H, W * C)
+    for n in prange(N):  # each image writes its own rows of cols
+        _im2col_image(x3, n, KH, KW, SH, SW, pt, pl, OH, OW, W, C, cols)
+    return cols
+
+
+@njit(cache=True)
+def _im2col_ser(x, KH, KW, SH, SW, pt, pl, OH, OW, cols):
+    N, H, W, C = x.shape
+    x3 = x.reshape(N, H, W * C)
+    for n in range(N):
+        _im2col_image(x3, n, KH, KW, SH, SW, pt, pl, OH, OW, W, C, cols)
+    return cols
+
+
+@njit(cache=True)
+def _col2im_image(cols, n, KH, KW, SH, SW, pt, pl, OH, OW, C, dx3):
+    """Image n of dx3 = dx viewed as (N, H, W*C): zeroed, then every window's row added back."""
+    H = dx3.shape[1]
+    W = dx3.shape[2] // C
+    KWC = KW * C
+    dn = dx3[n]
+    for h in range(H):
+        for k in range(W * C):
+            dn[h, k] = 0
+    for oh in range(OH):
+        for ow in range(OW):
+            cr = cols[(n * OH + oh) * OW + ow]
+            w0 = ow * SW - pl
+            inside_w = w0 >= 0 and w0 + KW <= W
+            for i in range(KH):
+                h = oh * SH - pt + i
+                if h < 0 or h >= H:
+                    continue
+                base = i * KWC
+                dr = dn[h]
+                if inside_w:
+                    dst = w0 * C
+                    for k in range(KWC):
+                        dr[dst + k] += cr[base + k]
+                else:
+                    for j in range(KW):
+                        w = w0 + j
+                        if 0 <= w < W:
+                            for c in range(C):
+                                dr[w * C + c] += cr[base + j * C + c]
+
+
+@njit(parallel=True, cache=True)
+def _col2im_par(cols, KH, KW, SH, SW, pt, pl, OH, OW, dx):
+    N, H, W, C = dx.shape
+    dx3 = dx.reshape(N, H, W * C)
+    for n in prange(N):  # one image per iteration: its += never meet another thread's
+        _col2im_image(cols, n, KH, KW, SH, SW, pt, pl, OH, OW, C, dx3)
+    return dx
+
+
+@njit(cache=True)
+def _col2im_ser(cols, KH, KW, SH, SW, pt, pl, OH, OW, dx):
+    N, H, W, C = dx.shape
+    dx3 = dx.reshape(N, H, W * C)
+    for n in range(N):
+        _col2im_image(cols, n, KH, KW, SH, SW, pt, pl, OH, OW, C, dx3)
+    return dx
+
+
+def im2col_numba(x, kernel_size, strides, pads, out_hw, workspace=None):
+    """Numba im2col; same arguments and result as :func:`im2col_numpy`.
+
+    ``workspace`` (a dict owned by the caller, e.g. a layer) lets the (N*OH*OW, KH*KW*C)
+    column buffer be reused from one call to the next of the same shape and dtype; the
+    returned array is then that buffer and is overwritten by the next call.
+    """
+    N, H, W, C = x.shape
+    KH, KW = kernel_size
+    SH, SW = strides
+    OH, OW = out_hw
+    pt, _, pl, _ = pads
+    x = np.ascontiguousarray(x)
+    cols = buffer(workspace, "cols", (N * OH * OW, KH * KW * C), x.dtype)
+    fn = _im2col_par if run_parallel(cols.size) else _im2col_ser
+    return fn(x, KH, KW, SH, SW, pt, pl, OH, OW, cols)
+
+
+def col2im_numba(cols, x_shape, kernel_size, strides, pads, out_hw):
+    """Numba col2im (the adjoint of im2col); same arguments and result as :func:`col2im_numpy`."""
+    N, H, W, C = x_shape
+    KH, KW = kernel_size
+    SH, SW = strides
+    OH, OW = out_hw
+    pt, _, pl, _ = pads
+    dx = np.empty((N, H, W, C), dtype=cols.dtype)
+    fn = _col2im_par if run_parallel(cols.size) else _col2im_ser
+    return fn(np.ascontiguousarray(cols), KH, KW, SH, SW, pt, pl, OH, OW, dx)

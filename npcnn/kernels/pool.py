@@ -15,12 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def maxpool2d_forward_numpy(x, pool_size, strides, pads, out_hw):
+def maxpool2d_forward_numpy(x, pool_size, strides, pads, out_hw, workspace=None):
     """Max-pool forward (readable twin).
 
     Args:
         x: (N, H, W, C). pool_size: (PH, PW). strides: (SH, SW).
         pads: (top, bottom, left, right), filled with -inf. out_hw: (OH, OW).
+        workspace: ignored by the twin (the Numba version keeps its argmax buffer there).
     Returns:
         out: (N, OH, OW, C); cache = (x.shape, argmax, ...) where argmax
         (N, OH, OW, C) int32 holds the winning offset i*PW + j inside each window.
@@ -58,3 +59,120 @@ def maxpool2d_backward_numpy(dout, cache):
             routed = np.where(argmax == i * PW + j, dout, 0)
             dxp[:, i : i + SH * OH : SH, j : j + SW * OW : SW, :] += routed
     return dxp[:, pt : pt + H, pl : pl + W, :]
+
+
+# --------------------------------------------------------------------------- Numba versions
+#
+# Forward: one pass per window, channels innermost (contiguous in NHWC); a strict ``>``
+# keeps the first maximum in row-major window order; outside the image counts as -inf.
+# Backward: parallel over the batch, so each image's += stay in one thread.
+
+from numba import njit, prange  # noqa: E402
+
+from npcnn.kernels.workspace import buffer, run_parallel  # noqa: E402
+
+
+@njit(cache=True)
+def _maxpool_fwd_image(x, n, PH, PW, SH, SW, pt, pl, out, argmax):
+    """Image n: every window's maximum and the offset i*PW + j of its first occurrence."""
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    OH, OW = out.shape[1], out.shape[2]
+    for oh in range(OH):
+        for ow in range(OW):
+            h0 = oh * SH - pt
+            w0 = ow * SW - pl
+            o = out[n, oh, ow]
+            a = argmax[n, oh, ow]
+            for c in range(C):
+                o[c] = -np.inf  # the padding: never wins
+                a[c] = 0
+            for i in range(PH):
+                h = h0 + i
+                if h < 0 or h >= H:
+                    continue
+                for j in range(PW):
+                    w = w0 + j
+                    if w < 0 or w >= W:
+                        continue
+                    k = np.int32(i * PW + j)
+                    xr = x[n, h, w]
+                    for c in range(C):  # branch-free selects: vectorises over channels
+                        v = xr[c]
+                        ov = o[c]
+                        gt = v > ov  # strict: a tie keeps the earlier (first) position
+                        o[c] = v if gt else ov
+                        a[c] = k if gt else a[c]
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_fwd_par(x, PH, PW, SH, SW, pt, pl, out, argmax):
+    for n in prange(x.shape[0]):
+        _maxpool_fwd_image(x, n, PH, PW, SH, SW, pt, pl, out, argmax)
+
+
+@njit(cache=True)
+def _maxpool_fwd_ser(x, PH, PW, SH, SW, pt, pl, out, argmax):
+    for n in range(x.shape[0]):
+        _maxpool_fwd_image(x, n, PH, PW, SH, SW, pt, pl, out, argmax)
+
+
+@njit(cache=True)
+def _maxpool_bwd_image(dout, argmax, n, PW, SH, SW, pt, pl, dx):
+    """Image n of dx: zeroed, then each dout element added at its window's argmax."""
+    H, W, C = dx.shape[1], dx.shape[2], dx.shape[3]
+    OH, OW = dout.shape[1], dout.shape[2]
+    dn = dx[n]
+    for h in range(H):
+        for w in range(W):
+            for c in range(C):
+                dn[h, w, c] = 0
+    for oh in range(OH):
+        for ow in range(OW):
+            d = dout[n, oh, ow]
+            a = argmax[n, oh, ow]
+            for c in range(C):
+                k = a[c]
+                h = oh * SH - pt + k // PW
+                w = ow * SW - pl + k % PW
+                if 0 <= h < H and 0 <= w < W:
+                    dn[h, w, c] += d[c]
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_bwd_par(dout, argmax, PW, SH, SW, pt, pl, dx):
+    for n in prange(dx.shape[0]):  # one image per iteration: its += never meet another thread's
+        _maxpool_bwd_image(dout, argmax, n, PW, SH, SW, pt, pl, dx)
+
+
+@njit(cache=True)
+def _maxpool_bwd_ser(dout, argmax, PW, SH, SW, pt, pl, dx):
+    for n in range(dx.shape[0]):
+        _maxpool_bwd_image(dout, argmax, n, PW, SH, SW, pt, pl, dx)
+
+
+def maxpool2d_forward_numba(x, pool_size, strides, pads, out_hw, workspace=None):
+    """Max-pool forward (Numba); same arguments, result and cache as the twin.
+
+    ``workspace``: a caller-owned dict where the int32 argmax buffer is reused while the
+    shapes stay the same (the cache then refers to it until the next call).
+    """
+    N, H, W, C = x.shape
+    PH, PW = pool_size
+    SH, SW = strides
+    OH, OW = out_hw
+    pt, pb, pl, pr = pads
+    x = np.ascontiguousarray(x)
+    out = np.empty((N, OH, OW, C), dtype=x.dtype)
+    argmax = buffer(workspace, "argmax", (N, OH, OW, C), np.int32)
+    fn = _maxpool_fwd_par if run_parallel(x.size) else _maxpool_fwd_ser
+    fn(x, PH, PW, SH, SW, pt, pl, out, argmax)
+    return out, (x.shape, argmax, pool_size, strides, pads, out_hw)
+
+
+def maxpool2d_backward_numba(dout, cache):
+    """Max-pool backward (Numba); same arguments and result as the twin. ``dout`` is never written."""
+    x_shape, argmax, (PH, PW), (SH, SW), (pt, pb, pl, pr), (OH, OW) = cache
+    dx = np.empty(x_shape, dtype=dout.dtype)
+    fn = _maxpool_bwd_par if run_parallel(dx.size) else _maxpool_bwd_ser
+    fn(np.ascontiguousarray(dout), argmax, PW, SH, SW, pt, pl, dx)
+    return dx

@@ -51,3 +51,41 @@ def sparse_ce_from_probs_numpy(probs, labels, epsilon=1e-7):
     inside = (picked > epsilon) & (picked < 1 - epsilon)
     dprobs[rows, labels] = np.where(inside, -1.0 / (N * clipped), 0.0)
     return probs.dtype.type(loss), dprobs
+
+
+# --------------------------------------------------------------------------- Numba version
+# One pass per row (rows are independent; K is small, N at most a few hundred, so the
+# loop is serial: thread start-up would cost more than the work).
+
+from numba import njit  # noqa: E402
+
+
+@njit(cache=True)
+def _softmax_ce_nb(z, labels, dz):
+    N, K = z.shape
+    total = 0.0
+    for n in range(N):
+        m = z[n, 0]
+        for k in range(1, K):
+            if z[n, k] > m:
+                m = z[n, k]
+        s = 0.0
+        for k in range(K):
+            e = np.exp(z[n, k] - m)
+            dz[n, k] = e
+            s += e
+        total += np.log(s) - (z[n, labels[n]] - m)  # -log p[n, y_n] by log-sum-exp
+        inv = 1.0 / (s * N)
+        for k in range(K):
+            dz[n, k] = dz[n, k] * inv
+        dz[n, labels[n]] -= 1.0 / N
+    return total / N
+
+
+def sparse_softmax_ce_numba(logits, labels):
+    """Fused softmax + sparse cross-entropy (Numba); same arguments and results as the twin."""
+    logits = np.ascontiguousarray(logits)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    dlogits = np.empty_like(logits)
+    loss = _softmax_ce_nb(logits, labels, dlogits)
+    return logits.dtype.type(loss), dlogits

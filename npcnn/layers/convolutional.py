@@ -5,6 +5,7 @@ from __future__ import annotations
 from npcnn import initializers
 from npcnn import kernels as K
 from npcnn.layers.base import Layer
+from npcnn.layers.core import ReLU
 from npcnn.utils import int_pair, positive_int
 
 
@@ -16,6 +17,11 @@ class Conv2D(Layer):
 
     Backward (see :mod:`npcnn.kernels.conv`): with dz the gradient w.r.t. the pre-activation,
     dkernel = cols^T @ dz, dbias = sum dz, dx = col2im(dz @ kernel^T).
+
+    With ``activation='relu'`` the ReLU is fused into the convolution (bias and max(., 0) in
+    one pass; backward masks dy with [y > 0]), so no separate activation pass or array.
+    The column matrix and gradient buffers live in the layer's workspace and are reused
+    every step of the same batch size; the training cache is valid until the next forward.
     """
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
@@ -30,6 +36,8 @@ class Conv2D(Layer):
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
         self._cache = None
+        self._fused = False
+        self._workspace = {}
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -53,15 +61,37 @@ class Conv2D(Layer):
         super().build(input_shape)
         return out
 
+    def _fuses_relu(self):
+        return type(self.activation) is ReLU
+
+    def forward(self, x, training=False):
+        """y = activation(conv(x) + bias); a ReLU activation runs fused in the kernel."""
+        if not self.built:
+            self.build(x.shape[1:])
+        if self._fuses_relu():
+            return self._conv(x, training, relu=True)
+        return super().forward(x, training)
+
+    def backward(self, dy):
+        if self._fused:  # the cache holds y: the kernel applies the ReLU mask itself
+            return self.backward_pre(dy)
+        return super().backward(dy)
+
     def forward_pre(self, x, training=False):
+        return self._conv(x, training, relu=False)
+
+    def _conv(self, x, training, relu):
         oh, ow, pads = K.conv_geometry(x.shape, self.kernel_size, self.strides, self.padding)
+        self._cache = None  # the previous step's cache is dead; its buffers get reused
         y, cache = K.conv2d_forward(x, self.params["kernel"], self.params.get("bias"),
-                                    self.strides, pads, (oh, ow))
+                                    self.strides, pads, (oh, ow), relu=relu, workspace=self._workspace)
         self._cache = cache if training else None
+        self._fused = relu
         return y
 
     def backward_pre(self, dz):
-        dx, dk, db = K.conv2d_backward(dz, self._need_cache(self._cache), self.need_input_grad)
+        dx, dk, db = K.conv2d_backward(dz, self._need_cache(self._cache), self.need_input_grad,
+                                       workspace=self._workspace)
         self.grads = {"kernel": dk}
         if self.use_bias:
             self.grads["bias"] = db

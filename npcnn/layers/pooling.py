@@ -12,7 +12,8 @@ class MaxPooling2D(Layer):
 
     Shapes: x (N, H, W, C); y (N, OH, OW, C); strides default to pool_size (Keras).
     Backward: each dy element goes to its window's argmax (the first one on ties);
-    overlapping windows add up.
+    overlapping windows add up. The argmax buffer lives in the layer's workspace and is
+    reused every step of the same batch size.
     """
 
     def __init__(self, pool_size=(2, 2), strides=None, padding="valid", name=None, input_shape=None, **kwargs):
@@ -21,6 +22,7 @@ class MaxPooling2D(Layer):
         self.strides = self.pool_size if strides is None else int_pair(strides, "strides", "MaxPooling2D")
         self.padding = K.normalize_padding(padding)
         self._cache = None
+        self._workspace = {}
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -37,7 +39,8 @@ class MaxPooling2D(Layer):
 
     def forward_pre(self, x, training=False):
         oh, ow, pads = K.conv_geometry(x.shape, self.pool_size, self.strides, self.padding)
-        y, cache = K.maxpool2d_forward(x, self.pool_size, self.strides, pads, (oh, ow))
+        self._cache = None  # the previous step's cache is dead; its argmax buffer gets reused
+        y, cache = K.maxpool2d_forward(x, self.pool_size, self.strides, pads, (oh, ow), workspace=self._workspace)
         self._cache = cache if training else None
         return y
 
