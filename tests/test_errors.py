@@ -1392,6 +1392,11 @@ def test_load_weights_never_unpickles(tmp_path, monkeypatch):
     m.save_weights(tmp_path / "w.npz")
     m.load_weights(tmp_path / "w.npz")
     assert calls and all(k.get("allow_pickle") is False for k in calls)
+    from npcnn.checkpoint import restore_checkpoint, save_checkpoint
+
+    calls.clear()
+    restore_checkpoint(save_checkpoint(tmp_path / "c.npz", m, 1), m)
+    assert calls and all(k.get("allow_pickle") is False for k in calls)
 
 
 CHILD = textwrap.dedent("""
