@@ -36,7 +36,8 @@ class Conv2D(Layer):
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
         self._cache = None
-        self._fused = False
+        self._fused = False  # did the last forward fuse the ReLU (so backward must mask)?
+        self._fuse_next = False
         self._workspace = {}
 
     def compute_output_shape(self, input_shape):
@@ -66,19 +67,29 @@ class Conv2D(Layer):
 
     def forward(self, x, training=False):
         """y = activation(conv(x) + bias); a ReLU activation runs fused in the kernel."""
-        if not self.built:
-            self.build(x.shape[1:])
-        if self._fuses_relu():
-            return self._conv(x, training, relu=True)
-        return super().forward(x, training)
+        if not self._fuses_relu():
+            return super().forward(x, training)
+        # The base class's forward (input checks, shapes), with the ReLU left to the kernel.
+        relu, self.activation = self.activation, None
+        self._fuse_next = True
+        try:
+            return super().forward(x, training)
+        finally:
+            self.activation = relu
+            self._fuse_next = False
 
     def backward(self, dy):
-        if self._fused:  # the cache holds y: the kernel applies the ReLU mask itself
-            return self.backward_pre(dy)
-        return super().backward(dy)
+        """dx for dy; when the forward fused the ReLU, the kernel applies its mask [y > 0]."""
+        if not self._fused:
+            return super().backward(dy)
+        relu, self.activation = self.activation, None
+        try:
+            return super().backward(dy)
+        finally:
+            self.activation = relu
 
     def forward_pre(self, x, training=False):
-        return self._conv(x, training, relu=False)
+        return self._conv(x, training, relu=self._fuse_next)
 
     def _conv(self, x, training, relu):
         oh, ow, pads = K.conv_geometry(x.shape, self.kernel_size, self.strides, self.padding)
