@@ -202,3 +202,18 @@ def test_progress_bar_on_a_terminal(tmp_path):
     out = b"".join(chunks).decode(errors="replace")
     assert "\r" in out.replace("\r\n", "\n") and "ETA" in out and "3/3" in out
     assert "Test accuracy: 0." in out
+
+
+REAL_DIR = os.environ.get("NPCNN_CIFAR10_DIR", "/tmp/cifar")
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not os.path.isdir(os.path.join(REAL_DIR, "cifar-10-batches-py")),
+                    reason=f"no local CIFAR-10 in {REAL_DIR} (set NPCNN_CIFAR10_DIR)")
+def test_real_data_smoke(tmp_path, capsys):
+    """Opt-in: the program on the real local copy (first 300 images, 1 epoch)."""
+    result = example.main(["--data-dir", REAL_DIR, "--limit", "300", "--epochs", "1", "--seed", "0",
+                           "--verbose", "0", "--output-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert result["data"] == "cifar10" and result["n_train"] == 300 and "SAMPLE" not in out
+    assert out.strip().splitlines()[-1].startswith("Test accuracy: 0.")
