@@ -91,11 +91,13 @@ def load(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m npcnn.examples.cifar10", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--epochs", type=int, default=10, help="total number of epochs (a resumed run counts the "
-                   "epochs already done)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p = argparse.ArgumentParser(prog="python -m npcnn.examples.cifar10",
+                                description="The Keras CIFAR-10 tutorial program on npcnn.\n\nExamples:\n"
+                                + __doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=10, help="total number of epochs, counting those a resumed run "
+                   "has done already (default 10)")
+    p.add_argument("--batch-size", type=int, default=32, help="default 32")
     p.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
                    "(default: $NPCNN_DATA_DIR, else the per-user cache; downloaded there when absent)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
@@ -110,7 +112,8 @@ def parse_args(argv=None):
                    help="where history.json and history.png go (default: the checkpoint dir, else runs/cifar10)")
     p.add_argument("--sample", action="store_true", help="train on the bundled 1,000/200-image sample")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
-                   help="0 silent, 1 progress bar (one line per epoch when not a terminal), 2 one line per epoch")
+                   help="0 silent, 1 progress bar (one line per epoch when not a terminal; default), "
+                   "2 one line per epoch")
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "limit", "threads"):
         value = getattr(args, name)
