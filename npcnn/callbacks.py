@@ -92,36 +92,56 @@ class Progbar:
     line with no control characters.
     """
 
-    def __init__(self, steps, stream=None, live=None):
+    def __init__(self, steps, stream=None, live=None, interval=0.1):
         self.steps = steps
         self.stream = stream or sys.stdout
-        self.live = self.stream.isatty() if live is None else live
+        self.live = _isatty(self.stream) if live is None else live
         self.start = time.perf_counter()
+        self.interval = interval
+        self._last_draw = -math.inf
         self.bar = None
         if self.live:
+            import shutil
+
             from tqdm import tqdm
 
-            self.bar = tqdm(total=steps, file=self.stream, ascii=".>=", leave=True, dynamic_ncols=True,
-                            bar_format="{n_fmt}/{total_fmt} [{bar:30}] - ETA: {remaining}{postfix}")
+            # {desc} is used raw (tqdm would prefix {postfix} with ', '); fixed width: a terminal
+            # that reports 0 columns still gets a bar.
+            self.bar = tqdm(total=steps, file=self.stream, ascii=".>=", leave=False,
+                            ncols=min(shutil.get_terminal_size((100, 20)).columns, 160), mininterval=interval,
+                            bar_format="{n_fmt}/{total_fmt} [{bar:30}] - ETA: {remaining}{desc}")
 
     def update(self, step, logs):
-        if self.bar is not None:
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        if now - self._last_draw >= self.interval or step == self.steps:
+            self._last_draw = now
             self.bar.n = step
-            self.bar.postfix = format_logs(logs)
-            self.bar.refresh()
+            self.bar.set_description_str(format_logs(logs), refresh=True)
 
     def close(self, logs):
+        """Write the final line: steps, time, time per step and the metrics (never cut to the terminal width)."""
         elapsed = time.perf_counter() - self.start
         per_step = elapsed / max(self.steps, 1)
+        summary = f"{format_time(elapsed)} {per_step * 1e3:.0f}ms/step{format_logs(logs)}"
         if self.bar is not None:
-            self.bar.n = self.steps
-            self.bar.bar_format = "{n_fmt}/{total_fmt} [{bar:30}]{postfix}"
-            self.bar.postfix = f" - {format_time(elapsed)} {per_step * 1e3:.0f}ms/step" + format_logs(logs)
-            self.bar.close()
+            self.bar.close()  # leave=False: the live bar is erased and replaced by the final line
+            self.stream.write(f"{self.steps}/{self.steps} [{'=' * 30}] - {summary}\n")
         else:
-            self.stream.write(f"{self.steps}/{self.steps} - {format_time(elapsed)} - "
-                              f"{per_step * 1e3:.0f}ms/step{format_logs(logs)}\n")
-            self.stream.flush()
+            self.stream.write(f"{self.steps}/{self.steps} - {summary}\n")
+        self.stream.flush()
+
+
+def _isatty(stream):
+    """A real terminal with a usable width (one reporting a 0 size gets the plain one-line output)."""
+    try:
+        import os
+
+        size = os.get_terminal_size(stream.fileno()) if stream.isatty() else None
+        return size is not None and size.columns > 0 and size.lines > 0
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 class ProgbarLogger(Callback):
