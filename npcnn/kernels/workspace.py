@@ -35,7 +35,7 @@ def buffer(workspace, name, shape, dtype, zero=False):
 # ``prange`` one and a plain loop. Waking the worker threads costs tens of microseconds (far
 # more on a loaded machine), more than small layers' whole kernel, so below this many
 # elements of work the serial driver runs.
-PARALLEL_MIN_ELEMENTS = 1 << 16
+PARALLEL_MIN_ELEMENTS = 1 << 19
 
 
 def run_parallel(n_elements):

@@ -1,0 +1,119 @@
+"""Where one training step of the seed model spends its time: GEMM vs im2col/col2im/pool/other.
+
+Run (2 threads, batch 32 and 128; numba backend unless --backend numpy)::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/profile_step.py --threads 2 --batch 32 128
+
+Every kernel the step calls is wrapped with a timer (the wrappers cost a few microseconds a
+call, so the shares are close to, not exactly, those of an unwrapped step); "other" is the
+step's wall time minus everything timed (Python glue, Flatten, allocation, the loss glue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import numpy as np
+
+import npcnn
+from npcnn import kernels as K
+from npcnn.kernels import conv as conv_mod
+
+try:
+    from benchmarks.common import seed_model
+except ImportError:  # run as a script from benchmarks/
+    from common import seed_model
+
+TIMES = defaultdict(float)
+
+
+def _timed(category, fn):
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            TIMES[category] += time.perf_counter() - t
+
+    wrapper.__wrapped__ = fn
+    return wrapper
+
+
+def instrument(model):
+    """Wrap every kernel entry point with a timer; returns an undo function."""
+    undo = []
+
+    def patch(obj, name, category):
+        old = getattr(obj, name)
+        setattr(obj, name, _timed(category, old))
+        undo.append((obj, name, old))
+
+    patch(conv_mod, "gemm", "GEMM (conv)")
+    patch(conv_mod, "im2col_numba", "im2col")
+    patch(conv_mod, "col2im_numba", "col2im")
+    for driver in ("par", "ser"):
+        patch(conv_mod, f"_bias_relu_{driver}", "bias+ReLU (conv fwd)")
+        patch(conv_mod, f"_mask_db_{driver}", "ReLU mask + db (conv bwd)")
+    patch(conv_mod, "im2col_numpy", "im2col")
+    patch(conv_mod, "col2im_numpy", "col2im")
+    patch(K, "dense_forward", "Dense (GEMM)")
+    patch(K, "dense_backward", "Dense (GEMM)")
+    for name, cat in (("maxpool2d_forward", "max-pool fwd"), ("maxpool2d_backward", "max-pool bwd"),
+                      ("relu_forward", "ReLU (Dense)"), ("relu_backward", "ReLU (Dense)"),
+                      ("sparse_softmax_ce", "softmax-CE")):
+        for backend, fn in list(K._REGISTRY[name].items()):
+            K._REGISTRY[name][backend] = _timed(cat, fn)
+            undo.append((K._REGISTRY[name], backend, fn))
+    patch(model.optimizer, "apply", "Adam")
+
+    def restore():
+        for obj, name, old in reversed(undo):
+            if isinstance(obj, dict):
+                obj[name] = old
+            else:
+                setattr(obj, name, old)
+
+    return restore
+
+
+def profile(backend, batch, steps):
+    npcnn.set_backend(backend)
+    model = seed_model()
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, 32, 32, 3), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
+    for _ in range(3):  # warm-up: compile, buffers
+        model._train_step(x, y)
+    restore = instrument(model)
+    TIMES.clear()
+    t = time.perf_counter()
+    for _ in range(steps):
+        model._train_step(x, y)
+    total = time.perf_counter() - t
+    restore()
+    TIMES["other"] = total - sum(TIMES.values())
+    return total / steps, {k: v / steps for k, v in TIMES.items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="numba", choices=("numba", "numpy"))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", type=int, nargs="+", default=[32, 128])
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args(argv)
+    if args.threads:
+        npcnn.set_num_threads(args.threads)
+    for batch in args.batch:
+        step, parts = profile(args.backend, batch, args.steps)
+        print(f"\n{args.backend}, batch {batch}, {npcnn.get_num_threads()} threads: "
+              f"{step * 1e3:.2f} ms/step, {batch / step:,.0f} img/s")
+        print(f"  {'part':<28}{'ms/step':>9}{'share':>8}")
+        for k, v in sorted(parts.items(), key=lambda kv: -kv[1]):
+            print(f"  {k:<28}{v * 1e3:>9.2f}{v / step:>8.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Reference: the same CIFAR-10 model trained in PyTorch on the CPU (Keras initialisation and Adam settings).
+
+Used to put npcnn's end-to-end wall time and accuracy side by side with PyTorch's on the same machine:
+
+    python benchmarks/torch_cifar10_fit.py --data-dir DIR --epochs 10 --threads 2 [--limit N]
+
+DIR holds cifar-10-batches-py/ (as npcnn.datasets.cifar10.load_data reads it). Needs torch
+(`pip install torch==2.13.0`). Prints one line per epoch (time, loss, accuracy, val accuracy) and
+the total wall time of training.
+"""
+
+import argparse
+import time
+
+
+def main(argv=None):
+    import torch
+
+    from npcnn.datasets import cifar10
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    (xtr, ytr), (xte, yte) = cifar10.load_data(args.data_dir)
+    if args.limit:
+        xtr, ytr, xte, yte = xtr[:args.limit], ytr[:args.limit], xte[:args.limit], yte[:args.limit]
+    xtr = torch.tensor(xtr, dtype=torch.float32).div_(255).permute(0, 3, 1, 2).contiguous()
+    xte = torch.tensor(xte, dtype=torch.float32).div_(255).permute(0, 3, 1, 2).contiguous()
+    ytr = torch.tensor(ytr.reshape(-1), dtype=torch.long)
+    yte = torch.tensor(yte.reshape(-1), dtype=torch.long)
+
+    nn = torch.nn
+
+    class Keras(nn.Sequential):
+        def __init__(self):
+            super().__init__(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                             nn.MaxPool2d(2), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(1024, 64), nn.ReLU(), nn.Linear(64, 10))
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.init.xavier_uniform_(m.weight)  # Keras's glorot_uniform
+                    nn.init.zeros_(m.bias)
+
+    model = Keras()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
+    loss_fn = nn.CrossEntropyLoss()
+    n = len(xtr)
+    total = 0.0
+    for epoch in range(args.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n)
+        seen = loss_sum = correct = 0
+        for i in range(0, n, args.batch_size):
+            idx = perm[i:i + args.batch_size]
+            xb, yb = xtr[idx], ytr[idx]
+            opt.zero_grad(set_to_none=True)
+            out = model(xb)
+            loss = loss_fn(out, yb)
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+            loss_sum += loss.item() * len(idx)
+            correct += (out.argmax(1) == yb).sum().item()
+        dt = time.perf_counter() - t0
+        total += dt
+        model.eval()
+        with torch.no_grad():
+            val = sum((model(xte[i:i + 256]).argmax(1) == yte[i:i + 256]).sum().item()
+                      for i in range(0, len(xte), 256)) / len(xte)
+        print(f"epoch {epoch + 1}/{args.epochs}: {dt:.1f}s ({n / dt:.0f} img/s) loss {loss_sum / seen:.4f} "
+              f"accuracy {correct / seen:.4f} val_accuracy {val:.4f}", flush=True)
+    print(f"PyTorch {torch.__version__}, {args.threads} threads: training wall time {total:.1f}s, "
+          f"final test accuracy {val:.4f}")
+
+
+if __name__ == "__main__":
+    main()
