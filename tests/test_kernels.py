@@ -170,6 +170,19 @@ def test_maxpool_padding_is_minus_inf_and_first_max_wins(driver):
     assert dx[0, :, :, 0].tolist() == [[1, 0], [0, 0]]
 
 
+@pytest.mark.parametrize("shape,padding", [((2, 13, 13, 3), "valid"), ((2, 13, 13, 3), "same"),
+                                           ((1, 8, 6, 2), "valid"), ((1, 7, 9, 2), "same")])
+def test_maxpool_backward_tiled_and_general_paths(shape, padding, driver):
+    """stride = pool: the one-pass path when the windows tile the image, the general one with padding."""
+    rng = np.random.default_rng(7)
+    x = np.maximum(rng.standard_normal(shape), 0).round(1).astype(np.float32)  # many ties
+    oh, ow, pads = im2col.conv_geometry(x.shape, (2, 2), (2, 2), padding)
+    ya, ca = pool.maxpool2d_forward_numpy(x, (2, 2), (2, 2), pads, (oh, ow))
+    yb, cb = pool.maxpool2d_forward_numba(x, (2, 2), (2, 2), pads, (oh, ow))
+    dout = rng.standard_normal(ya.shape).astype(np.float32)
+    np.testing.assert_array_equal(pool.maxpool2d_backward_numpy(dout, ca), pool.maxpool2d_backward_numba(dout, cb))
+
+
 def test_fused_relu_gradient_is_zero_at_zero(driver):
     x = np.zeros((1, 2, 2, 1), np.float32)
     kernel = np.ones((1, 1, 1, 1), np.float32)

@@ -138,6 +138,33 @@ def _maxpool_bwd_image(dout, argmax, n, PW, SH, SW, pt, pl, dx):
                     dn[h, w, c] += d[c]
 
 
+@njit(cache=True)
+def _maxpool_bwd_tiled_image(dout, argmax, n, PH, PW, dx):
+    """Image n of dx when the windows tile the image (stride = pool, no padding): one write per
+    element, no zeroing pass first; rows and columns past the last window are zeroed."""
+    H, W, C = dx.shape[1], dx.shape[2], dx.shape[3]
+    OH, OW = dout.shape[1], dout.shape[2]
+    dn = dx[n]
+    for oh in range(OH):
+        for i in range(PH):
+            row = dn[oh * PH + i]
+            for ow in range(OW):
+                d = dout[n, oh, ow]
+                a = argmax[n, oh, ow]
+                for j in range(PW):
+                    k = i * PW + j
+                    r = row[ow * PW + j]
+                    for c in range(C):
+                        r[c] = d[c] if a[c] == k else 0
+            for w in range(OW * PW, W):
+                for c in range(C):
+                    row[w, c] = 0
+    for h in range(OH * PH, H):
+        for w in range(W):
+            for c in range(C):
+                dn[h, w, c] = 0
+
+
 @njit(parallel=True, cache=True)
 def _maxpool_bwd_par(dout, argmax, PW, SH, SW, pt, pl, dx):
     for n in prange(dx.shape[0]):  # one image per iteration: its += never meet another thread's
@@ -148,6 +175,18 @@ def _maxpool_bwd_par(dout, argmax, PW, SH, SW, pt, pl, dx):
 def _maxpool_bwd_ser(dout, argmax, PW, SH, SW, pt, pl, dx):
     for n in range(dx.shape[0]):
         _maxpool_bwd_image(dout, argmax, n, PW, SH, SW, pt, pl, dx)
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_bwd_tiled_par(dout, argmax, PH, PW, dx):
+    for n in prange(dx.shape[0]):  # one image per iteration
+        _maxpool_bwd_tiled_image(dout, argmax, n, PH, PW, dx)
+
+
+@njit(cache=True)
+def _maxpool_bwd_tiled_ser(dout, argmax, PH, PW, dx):
+    for n in range(dx.shape[0]):
+        _maxpool_bwd_tiled_image(dout, argmax, n, PH, PW, dx)
 
 
 def maxpool2d_forward_numba(x, pool_size, strides, pads, out_hw, workspace=None):
@@ -173,6 +212,11 @@ def maxpool2d_backward_numba(dout, cache):
     """Max-pool backward (Numba); same arguments and result as the twin. ``dout`` is never written."""
     x_shape, argmax, (PH, PW), (SH, SW), (pt, pb, pl, pr), (OH, OW) = cache
     dx = np.empty(x_shape, dtype=dout.dtype)
-    fn = _maxpool_bwd_par if run_parallel(dx.size) else _maxpool_bwd_ser
-    fn(np.ascontiguousarray(dout), argmax, PW, SH, SW, pt, pl, dx)
+    dout = np.ascontiguousarray(dout)
+    if (SH, SW) == (PH, PW) and not any((pt, pb, pl, pr)):  # windows tile the image ('valid' 2x2 / 2)
+        fn = _maxpool_bwd_tiled_par if run_parallel(dx.size) else _maxpool_bwd_tiled_ser
+        fn(dout, argmax, PH, PW, dx)
+    else:
+        fn = _maxpool_bwd_par if run_parallel(dx.size) else _maxpool_bwd_ser
+        fn(dout, argmax, PW, SH, SW, pt, pl, dx)
     return dx
