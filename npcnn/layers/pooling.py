@@ -27,7 +27,8 @@ class MaxPooling2D(Layer):
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
             raise ValueError(
-                f"MaxPooling2D {self.name or ''}: expects inputs of shape (H, W, C) per sample, got {tuple(input_shape)}"
+                f"MaxPooling2D {self.name or ''}: expects inputs of shape (H, W, C) per sample, "
+                f"got {tuple(input_shape)}"
             )
         oh, ow, _ = K.conv_geometry((None,) + tuple(input_shape), self.pool_size, self.strides, self.padding)
         if oh <= 0 or ow <= 0:
