@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 import npcnn
-from npcnn.models import Sequential
 from npcnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
+from npcnn.models import Sequential
 
 
 @pytest.fixture(params=["numpy", "numba"])

@@ -1552,9 +1552,6 @@ if __name__ == "__main__":  # regenerate the table in docs/errors.md
     print(f"wrote {len(CASES)} rows to {DOC}")
 
 
-@pytest.mark.xfail(reason="Conv2D.forward (fused-ReLU path, npcnn/layers/convolutional.py) builds without "
-                   "Layer._prepare_input, so a direct call with the wrong channels reaches im2col; "
-                   "through Sequential the input is checked at the boundary", raises=(KernelReached, AssertionError))
 def test_conv2d_relu_direct_forward_checks_its_input(monkeypatch):
     layer = Conv2D(4, 3, activation="relu", name="c")
     layer.build((8, 8, 3))
