@@ -5,10 +5,10 @@
     python -m npcnn.examples.cifar10 --checkpoint-dir runs/ckpt            # ... killed ...
     python -m npcnn.examples.cifar10 --checkpoint-dir runs/ckpt --resume   # same final weights
 
-Same model as https://www.tensorflow.org/tutorials/images/cnn: three 3x3 Conv2D (32, 64, 64;
-ReLU) with 2x2 max-pooling after the first two, Dense(64, ReLU), Dense(10) logits, Adam,
-sparse categorical cross-entropy from logits, 10 epochs of batch 32, validated on the test set
-after each epoch. Ends with ``Test accuracy: 0.xxxx``; writes ``history.json`` (and
+Same model as the Keras CIFAR-10 tutorial: three 3x3 Conv2D (32, 64, 64; ReLU) with 2x2
+max-pooling after the first two, Dense(64, ReLU), Dense(10, softmax), optimizer 'adam', loss
+'sparse_categorical_crossentropy' (npcnn fuses the final softmax with the cross-entropy, so the
+gradient is (p - onehot)/N), 10 epochs of batch 32, validated on the test set after each epoch. Ends with ``Test accuracy: 0.xxxx``; writes ``history.json`` (and
 ``history.png`` when matplotlib is installed) to ``--output-dir``.
 
 Data: ``npcnn.datasets.cifar10.load_data(--data-dir)`` (downloaded when absent). If there is no
@@ -31,11 +31,9 @@ CONFIG_KEYS = ("batch_size", "limit", "data")  # must match when resuming
 
 
 def build_model():
-    """The Keras tutorial's model, compiled as there (Adam, cross-entropy from logits, accuracy)."""
+    """The Keras tutorial's model, compiled as there ('adam', 'sparse_categorical_crossentropy', accuracy)."""
     from npcnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
-    from npcnn.losses import SparseCategoricalCrossentropy
     from npcnn.models import Sequential
-    from npcnn.optimizers import Adam
 
     model = Sequential(name="cifar10_cnn")
     model.add(Conv2D(32, (3, 3), activation="relu", input_shape=(32, 32, 3)))
@@ -45,8 +43,8 @@ def build_model():
     model.add(Conv2D(64, (3, 3), activation="relu"))
     model.add(Flatten())
     model.add(Dense(64, activation="relu"))
-    model.add(Dense(10))
-    model.compile(optimizer=Adam(), loss=SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.add(Dense(10, activation="softmax"))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 
