@@ -7,11 +7,18 @@ Run (2 threads, batch 32 and 128; numba backend unless --backend numpy)::
 Every kernel the step calls is wrapped with a timer (the wrappers cost a few microseconds a
 call, so the shares are close to, not exactly, those of an unwrapped step); "other" is the
 step's wall time minus everything timed (Python glue, Flatten, allocation, the loss glue).
+
+With data parallelism (the Numba backend's default with several threads: one shard of the
+batch per thread, see ``npcnn.parallel``) the timers add up the time of every thread, so the
+figures are *thread*-milliseconds per step and the shares are of ``threads x wall time``;
+"other" then also holds the time a thread waits (for the GIL, or for the other shard).
+``--no-data-parallel`` profiles the intra-op path (each kernel split across the threads).
 """
 
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 from collections import defaultdict
 
@@ -27,6 +34,7 @@ except ImportError:  # run as a script from benchmarks/
     from common import seed_model
 
 TIMES = defaultdict(float)
+_LOCK = threading.Lock()
 
 
 def _timed(category, fn):
@@ -35,7 +43,9 @@ def _timed(category, fn):
         try:
             return fn(*args, **kwargs)
         finally:
-            TIMES[category] += time.perf_counter() - t
+            dt = time.perf_counter() - t
+            with _LOCK:  # shards time their kernels from several threads
+                TIMES[category] += dt
 
     wrapper.__wrapped__ = fn
     return wrapper
@@ -93,8 +103,9 @@ def profile(backend, batch, steps):
         model._train_step(x, y)
     total = time.perf_counter() - t
     restore()
-    TIMES["other"] = total - sum(TIMES.values())
-    return total / steps, {k: v / steps for k, v in TIMES.items()}
+    shards = model._shards(batch)
+    TIMES["other"] = total * shards - sum(TIMES.values())
+    return total / steps, shards, {k: v / steps for k, v in TIMES.items()}
 
 
 def main(argv=None):
@@ -103,16 +114,20 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch", type=int, nargs="+", default=[32, 128])
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--no-data-parallel", action="store_true", help="intra-op threading instead of shards")
     args = ap.parse_args(argv)
     if args.threads:
         npcnn.set_num_threads(args.threads)
+    if args.no_data_parallel:
+        npcnn.set_data_parallel(False)
     for batch in args.batch:
-        step, parts = profile(args.backend, batch, args.steps)
+        step, shards, parts = profile(args.backend, batch, args.steps)
+        mode = f"{shards} data-parallel shards, thread-ms" if shards > 1 else "ms"
         print(f"\n{args.backend}, batch {batch}, {npcnn.get_num_threads()} threads: "
-              f"{step * 1e3:.2f} ms/step, {batch / step:,.0f} img/s")
+              f"{step * 1e3:.2f} ms/step, {batch / step:,.0f} img/s ({mode})")
         print(f"  {'part':<28}{'ms/step':>9}{'share':>8}")
         for k, v in sorted(parts.items(), key=lambda kv: -kv[1]):
-            print(f"  {k:<28}{v * 1e3:>9.2f}{v / step:>8.1%}")
+            print(f"  {k:<28}{v * 1e3:>9.2f}{v / (step * shards):>8.1%}")
 
 
 if __name__ == "__main__":

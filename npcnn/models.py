@@ -17,6 +17,7 @@ import numpy as np
 from npcnn import callbacks as cbks
 from npcnn import losses as losses_mod
 from npcnn import optimizers as optimizers_mod
+from npcnn import parallel
 from npcnn.layers.base import Layer, _check_input_shape, check_weight_list
 from npcnn.layers.core import Softmax
 from npcnn.utils import (
@@ -277,7 +278,23 @@ class Sequential:
 
     # ------------------------------------------------------------------ passes
     def forward(self, x, training=False, logits=False):
-        """Run every layer. With ``logits=True`` a final softmax is skipped (outputs are logits)."""
+        """Run every layer. With ``logits=True`` a final softmax is skipped (outputs are logits).
+
+        Inference (``training=False``) on the Numba backend with several threads runs in shards,
+        one per thread (see :mod:`npcnn.parallel`); the model's own layers are then untouched.
+        """
+        if not training and isinstance(x, np.ndarray) and x.ndim >= 1:
+            shards = self._shards(len(x))
+            if shards > 1:
+                return parallel.forward(self, x, logits, shards)
+        return self._local_forward(x, training, logits)
+
+    def _shards(self, n_images):
+        """How many data-parallel shards a batch of ``n_images`` runs in (1: this thread, these layers)."""
+        return parallel.shard_count(n_images) if self.built else 1
+
+    def _local_forward(self, x, training=False, logits=False):
+        """:meth:`forward` through this model's own layers, in this thread."""
         tail = self._softmax_tail() if logits and not getattr(self.loss, "from_logits", False) else None
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
@@ -304,10 +321,24 @@ class Sequential:
         return dy
 
     def _loss_and_grad(self, x, labels):
-        """Loss and gradients (in every layer's ``grads``) for a batch already checked at the boundary."""
+        """Loss and gradients (in every layer's ``grads``) for a batch already checked at the boundary.
+
+        On the Numba backend with several threads the batch runs in data-parallel shards whose
+        gradients are summed into the layers' ``grads`` (see :mod:`npcnn.parallel`).
+        """
+        shards = self._shards(len(x))
+        if shards > 1:
+            return parallel.loss_and_grad(self, x, labels, shards)
+        return self._local_loss_and_grad(x, labels)
+
+    def _local_loss_and_grad(self, x, labels, scale=1.0):
+        """Loss and gradients through this model's own layers; the loss gradient is multiplied by
+        ``scale`` (a shard's share n_shard / N of the batch, so shard gradients sum to the batch's)."""
         fused = self._fused
-        out = self.forward(x, training=True, logits=fused)
+        out = self._local_forward(x, training=True, logits=fused)
         loss, dout = losses_mod.unchecked_compute(self.loss)(out, labels, logits=fused)
+        if scale != 1.0:
+            dout = dout * dout.dtype.type(scale)
         self.backward(dout, logits=fused)
         return float(loss), out
 

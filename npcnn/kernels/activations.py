@@ -42,27 +42,27 @@ from numba import njit, prange  # noqa: E402
 from npcnn.kernels.workspace import run_parallel  # noqa: E402
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _relu_fwd_par(x, y):
     for i in prange(x.size):
         v = x[i]
         y[i] = v if not v < 0 else 0  # keeps NaN, like np.maximum
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _relu_fwd_ser(x, y):
     for i in range(x.size):
         v = x[i]
         y[i] = v if not v < 0 else 0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _relu_bwd_par(dy, y, dx):
     for i in prange(dy.size):
         dx[i] = dy[i] if y[i] > 0 else 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _relu_bwd_ser(dy, y, dx):
     for i in range(dy.size):
         dx[i] = dy[i] if y[i] > 0 else 0

@@ -89,7 +89,7 @@ gemm = np.dot  # every BLAS call of the Numba path goes through this name (the p
 _DB_CHUNKS = 64  # fixed row chunks for the bias gradient: the sum does not depend on the thread count
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bias_relu_rows(out, lo, hi, bias, has_bias, relu):
     """In place on rows lo:hi of out (M, F): out += bias; out = max(out, 0) when relu."""
     F = out.shape[1]
@@ -104,7 +104,7 @@ def _bias_relu_rows(out, lo, hi, bias, has_bias, relu):
             o[f] = v
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _bias_relu_par(out, bias, has_bias, relu, chunks):
     M = out.shape[0]
     step = (M + chunks - 1) // chunks
@@ -112,12 +112,12 @@ def _bias_relu_par(out, bias, has_bias, relu, chunks):
         _bias_relu_rows(out, t * step, min(M, (t + 1) * step), bias, has_bias, relu)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bias_relu_ser(out, bias, has_bias, relu, chunks):
     _bias_relu_rows(out, 0, out.shape[0], bias, has_bias, relu)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _mask_db_rows(dout, y, relu, dz, db, lo, hi):
     """Rows lo:hi: dz = dout * [y > 0] (when relu; else dz is not written) and db += column sums."""
     F = dout.shape[1]
@@ -135,7 +135,7 @@ def _mask_db_rows(dout, y, relu, dz, db, lo, hi):
                 db[f] += d[f]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _mask_db_par(dout, y, relu, dz, dbp):
     """dbp (T, F) float64: one row of partial sums per chunk t, which owns rows t*step:(t+1)*step."""
     M = dout.shape[0]
@@ -146,7 +146,7 @@ def _mask_db_par(dout, y, relu, dz, dbp):
         _mask_db_rows(dout, y, relu, dz, dbp[t], t * step, min(M, (t + 1) * step))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _mask_db_ser(dout, y, relu, dz, dbp):
     M = dout.shape[0]
     T = dbp.shape[0]

@@ -121,7 +121,7 @@ from numba import njit, prange  # noqa: E402
 from npcnn.kernels.workspace import buffer, run_parallel  # noqa: E402
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _im2col_image(x3, n, KH, KW, SH, SW, pt, pl, OH, OW, W, C, cols):
     """Rows of image n: cols[(n*OH + oh)*OW + ow] from x3 = x viewed as (N, H, W*C)."""
     H = x3.shape[1]
@@ -154,7 +154,7 @@ def _im2col_image(x3, n, KH, KW, SH, SW, pt, pl, OH, OW, W, C, cols):
                                 cr[base + j * C + c] = xr[w * C + c]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _im2col_par(x, KH, KW, SH, SW, pt, pl, OH, OW, cols):
     N, H, W, C = x.shape
     x3 = x.reshape(N, H, W * C)
@@ -163,7 +163,7 @@ def _im2col_par(x, KH, KW, SH, SW, pt, pl, OH, OW, cols):
     return cols
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _im2col_ser(x, KH, KW, SH, SW, pt, pl, OH, OW, cols):
     N, H, W, C = x.shape
     x3 = x.reshape(N, H, W * C)
@@ -172,7 +172,7 @@ def _im2col_ser(x, KH, KW, SH, SW, pt, pl, OH, OW, cols):
     return cols
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _col2im_image(cols, n, KH, KW, SH, SW, pt, pl, OH, OW, C, dx3):
     """Image n of dx3 = dx viewed as (N, H, W*C): zeroed, then every window's row added back."""
     H = dx3.shape[1]
@@ -205,7 +205,7 @@ def _col2im_image(cols, n, KH, KW, SH, SW, pt, pl, OH, OW, C, dx3):
                                 dr[w * C + c] += cr[base + j * C + c]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _col2im_par(cols, KH, KW, SH, SW, pt, pl, OH, OW, dx):
     N, H, W, C = dx.shape
     dx3 = dx.reshape(N, H, W * C)
@@ -214,7 +214,7 @@ def _col2im_par(cols, KH, KW, SH, SW, pt, pl, OH, OW, dx):
     return dx
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _col2im_ser(cols, KH, KW, SH, SW, pt, pl, OH, OW, dx):
     N, H, W, C = dx.shape
     dx3 = dx.reshape(N, H, W * C)

@@ -72,7 +72,7 @@ from numba import njit, prange  # noqa: E402
 from npcnn.kernels.workspace import buffer, run_parallel  # noqa: E402
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _maxpool_fwd_image(x, n, PH, PW, SH, SW, pt, pl, out, argmax):
     """Image n: every window's maximum and the offset i*PW + j of its first occurrence."""
     H, W, C = x.shape[1], x.shape[2], x.shape[3]
@@ -104,19 +104,19 @@ def _maxpool_fwd_image(x, n, PH, PW, SH, SW, pt, pl, out, argmax):
                         a[c] = k if gt else a[c]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _maxpool_fwd_par(x, PH, PW, SH, SW, pt, pl, out, argmax):
     for n in prange(x.shape[0]):
         _maxpool_fwd_image(x, n, PH, PW, SH, SW, pt, pl, out, argmax)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _maxpool_fwd_ser(x, PH, PW, SH, SW, pt, pl, out, argmax):
     for n in range(x.shape[0]):
         _maxpool_fwd_image(x, n, PH, PW, SH, SW, pt, pl, out, argmax)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _maxpool_bwd_image(dout, argmax, n, PW, SH, SW, pt, pl, dx):
     """Image n of dx: zeroed, then each dout element added at its window's argmax."""
     H, W, C = dx.shape[1], dx.shape[2], dx.shape[3]
@@ -138,7 +138,7 @@ def _maxpool_bwd_image(dout, argmax, n, PW, SH, SW, pt, pl, dx):
                     dn[h, w, c] += d[c]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _maxpool_bwd_tiled_image(dout, argmax, n, PH, PW, dx):
     """Image n of dx when the windows tile the image (stride = pool, no padding): one write per
     element, no zeroing pass first; rows and columns past the last window are zeroed."""
@@ -165,25 +165,25 @@ def _maxpool_bwd_tiled_image(dout, argmax, n, PH, PW, dx):
                 dn[h, w, c] = 0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _maxpool_bwd_par(dout, argmax, PW, SH, SW, pt, pl, dx):
     for n in prange(dx.shape[0]):  # one image per iteration: its += never meet another thread's
         _maxpool_bwd_image(dout, argmax, n, PW, SH, SW, pt, pl, dx)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _maxpool_bwd_ser(dout, argmax, PW, SH, SW, pt, pl, dx):
     for n in range(dx.shape[0]):
         _maxpool_bwd_image(dout, argmax, n, PW, SH, SW, pt, pl, dx)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _maxpool_bwd_tiled_par(dout, argmax, PH, PW, dx):
     for n in prange(dx.shape[0]):  # one image per iteration
         _maxpool_bwd_tiled_image(dout, argmax, n, PH, PW, dx)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _maxpool_bwd_tiled_ser(dout, argmax, PH, PW, dx):
     for n in range(dx.shape[0]):
         _maxpool_bwd_tiled_image(dout, argmax, n, PH, PW, dx)

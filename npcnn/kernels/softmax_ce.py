@@ -60,7 +60,7 @@ def sparse_ce_from_probs_numpy(probs, labels, epsilon=1e-7):
 from numba import njit  # noqa: E402
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _softmax_ce_nb(z, labels, dz):
     N, K = z.shape
     total = 0.0
