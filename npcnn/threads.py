@@ -11,6 +11,12 @@ steal the cores from the BLAS threads of the GEMM that follows (measured: a conv
 at batch 32 ran 3x slower on 2 cores with the OpenMP layer). The workqueue layer does not
 allow parallel kernels to be launched from several Python threads at once.
 
+On the Numba backend, training and inference batches are by default split into one shard per
+thread instead (data parallelism, :mod:`npcnn.parallel`): each thread then runs serial kernels
+and single-threaded BLAS on its shard, and the per-kernel thread hand-offs disappear.
+``NPCNN_DATA_PARALLEL=0`` (or ``npcnn.set_data_parallel(False)``) goes back to splitting
+every kernel across the threads.
+
 The default is every core Numba sees (``numba.config.NUMBA_NUM_THREADS``, which honours
 ``NUMBA_NUM_THREADS``); the environment variable ``NPCNN_NUM_THREADS`` overrides it
 at import.
