@@ -222,7 +222,7 @@ def loss_and_grad(model, x, labels, shards):
 
 
 def _shard_forward(shadow, x, logits):
-    return shadow._local_forward(x, logits)
+    return shadow._local_forward(x, training=False, logits=logits)
 
 
 def forward(model, x, logits, shards):

@@ -124,3 +124,20 @@ def test_errors_in_a_shard_reach_the_caller(two_threads):
     model = small_model()
     with pytest.raises(ValueError, match="shape"):
         model.forward(np.zeros((32, 19, 18, 3), np.float32))
+
+
+def test_sharded_evaluate_loss_is_the_unsharded_loss(two_threads):
+    """evaluate() shards its batches: the loss must come from logits exactly as without shards."""
+    model = small_model()
+    x, y = data(64)
+    sharded = model.evaluate(x, y, batch_size=64, verbose=0)
+    npcnn.set_data_parallel(False)
+    plain = model.evaluate(x, y, batch_size=64, verbose=0)
+    probs = model.predict(x, batch_size=64)
+    manual = -np.mean(np.log(probs[np.arange(len(y)), y].astype(np.float64)))
+    assert sharded[0] == pytest.approx(plain[0], rel=1e-5)
+    assert sharded[0] == pytest.approx(manual, rel=1e-4)
+    assert sharded[1] == plain[1]
+    logits = model.forward(x, logits=True)
+    npcnn.set_data_parallel(True)
+    np.testing.assert_allclose(model.forward(x, logits=True), logits, rtol=1e-5, atol=1e-6)
