@@ -7,24 +7,13 @@ import platform
 
 import numpy as np
 
-from npcnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
-from npcnn.models import Sequential
+from npcnn.models import cifar10_cnn
 
 
 def seed_model(seed=0):
     """The Keras CIFAR-10 tutorial CNN (122,570 parameters), compiled with Adam."""
     npcnn_seed(seed)
-    model = Sequential()
-    model.add(Conv2D(32, (3, 3), activation="relu", input_shape=(32, 32, 3)))
-    model.add(MaxPooling2D((2, 2)))
-    model.add(Conv2D(64, (3, 3), activation="relu"))
-    model.add(MaxPooling2D((2, 2)))
-    model.add(Conv2D(64, (3, 3), activation="relu"))
-    model.add(Flatten())
-    model.add(Dense(64, activation="relu"))
-    model.add(Dense(10, activation="softmax"))
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
+    return cifar10_cnn()
 
 
 def npcnn_seed(seed):

@@ -261,27 +261,14 @@ _DEFAULT_SHAPES = {
 
 
 def seed_model(input_shape=(18, 18, 3), filters=(4, 6, 5), units=8, classes=10):
-    """The Keras CIFAR-10 tutorial model, shrunk: Conv-Pool-Conv-Pool-Conv-Flatten-Dense-Dense(softmax).
+    """The Keras CIFAR-10 tutorial model, shrunk (see :func:`npcnn.models.cifar10_cnn`), compiled.
 
-    The full-size model is ``seed_model((32, 32, 3), (32, 64, 64), 64, 10)``. Compiled with Adam and
-    sparse categorical cross-entropy (the final softmax is fused with the loss).
+    The full-size model is ``seed_model((32, 32, 3), (32, 64, 64), 64, 10)``; the final softmax is
+    fused with the sparse categorical cross-entropy.
     """
-    from npcnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
-    from npcnn.models import Sequential
+    from npcnn.models import cifar10_cnn
 
-    f1, f2, f3 = filters
-    model = Sequential([
-        Conv2D(f1, (3, 3), activation="relu", input_shape=tuple(input_shape)),
-        MaxPooling2D((2, 2)),
-        Conv2D(f2, (3, 3), activation="relu"),
-        MaxPooling2D((2, 2)),
-        Conv2D(f3, (3, 3), activation="relu"),
-        Flatten(),
-        Dense(units, activation="relu"),
-        Dense(classes, activation="softmax"),
-    ])
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
+    return cifar10_cnn(input_shape, filters, units, classes)
 
 
 def _int_tuple(text):

@@ -8,8 +8,9 @@
 Same model as the Keras CIFAR-10 tutorial: three 3x3 Conv2D (32, 64, 64; ReLU) with 2x2
 max-pooling after the first two, Dense(64, ReLU), Dense(10, softmax), optimizer 'adam', loss
 'sparse_categorical_crossentropy' (npcnn fuses the final softmax with the cross-entropy, so the
-gradient is (p - onehot)/N), 10 epochs of batch 32, validated on the test set after each epoch. Ends with ``Test accuracy: 0.xxxx``; writes ``history.json`` (and
-``history.png`` when matplotlib is installed) to ``--output-dir``.
+gradient is (p - onehot)/N), 10 epochs of batch 32, validated on the test set after each epoch.
+Ends with ``Test accuracy: 0.xxxx``; writes ``history.json`` (and ``history.png`` when
+matplotlib is installed) to ``--output-dir``.
 
 Data: ``npcnn.datasets.cifar10.load_data(--data-dir)`` (downloaded when absent). If there is no
 local copy and the download fails, the run says so in one line and trains on the small real
