@@ -22,19 +22,7 @@ import time
 import numpy as np
 
 from npcnn import kernels as K
-
-
-def pyplot():
-    """matplotlib.pyplot with the file-only Agg backend, or None (with a message) when it is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib is not installed (pip install -e '.[plot]'): skipping the plot")
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from npcnn.utils import pyplot
 
 
 def cases(batch, rng):

@@ -21,20 +21,7 @@ import os
 import numpy as np
 
 from npcnn.gradcheck import seed_model
-from npcnn.utils import set_random_seed
-
-
-def pyplot():
-    """matplotlib.pyplot with the file-only Agg backend, or None (with a message) when it is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib is not installed (pip install -e '.[plot]'): skipping the plot")
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from npcnn.utils import pyplot, set_random_seed
 
 
 def to_tiles(kernel):

@@ -23,19 +23,7 @@ import math
 import numpy as np
 
 from npcnn.inspect import GradientNormLogger, gradient_norms, load_history, save_history
-
-
-def pyplot():
-    """matplotlib.pyplot with the file-only Agg backend, or None (with a message) when it is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib is not installed (pip install -e '.[plot]'): skipping the plot")
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from npcnn.utils import pyplot
 
 
 def make_history(args):

@@ -227,3 +227,19 @@ def set_rng_state(state: dict) -> None:
         bitgen = bitgen_cls()
         bitgen.state = state
         _rng = np.random.Generator(bitgen)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None (after saying so) when matplotlib is missing.
+
+    matplotlib is an optional extra (``pip install -e ".[plot]"``); plots are written as PNG files.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[plot]'): skipping the plot")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -215,13 +215,10 @@ def write_history(result, output_dir):
     with atomic_write(path, "w") as f:
         json.dump(result, f, indent=2)
     print(f"Wrote {path}")
-    try:
-        import matplotlib
+    from npcnn.utils import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return
     hist = result["history"]
     if not hist:
