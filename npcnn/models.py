@@ -205,8 +205,9 @@ class Sequential:
     def summary(self, print_fn=None, batch_size=32):
         """Print Keras's table: Layer (type) | Output Shape | Param #, then the totals.
 
-        A last line gives the memory the im2col buffers of the Conv2D layers take
-        at ``batch_size`` (float32).
+        A last line gives the memory of the Conv2D layers' im2col columns at ``batch_size``
+        (float32), and what training keeps per step besides: the columns' gradients (every
+        Conv2D but the first) and the masked output gradients of a fused ReLU.
         """
         self._require_built("summary")
         print_fn = print_fn or print
@@ -219,17 +220,21 @@ class Sequential:
             rows.append(_row((f"{layer.name} ({type(layer).__name__})", shape, f"{layer.count_params():,}"), width))
             rows.append("=" * sum(width) if i == len(self.layers) - 1 else "")
         total = self.count_params()
-        im2col = 0
+        im2col = train = 0
         shape = self.input_shape
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             if hasattr(layer, "kernel_size") and hasattr(layer, "filters"):
-                oh, ow = layer.output_shape[:2]
-                im2col += batch_size * oh * ow * layer.kernel_size[0] * layer.kernel_size[1] * shape[-1] * 4
+                rows_ = batch_size * layer.output_shape[0] * layer.output_shape[1]
+                cols = rows_ * layer.kernel_size[0] * layer.kernel_size[1] * shape[-1] * 4
+                im2col += cols
+                relu = getattr(layer.activation, "activation_name", None) == "relu"
+                train += cols * (i > 0) + rows_ * layer.filters * 4 * relu
             shape = layer.output_shape
         rows += [f"Total params: {total:,} ({_bytes(total * 4)})",
                  f"Trainable params: {total:,} ({_bytes(total * 4)})",
                  "Non-trainable params: 0 (0.00 B)",
-                 f"im2col buffers at batch {batch_size}: {_bytes(im2col)}", line]
+                 f"im2col columns at batch {batch_size}: {_bytes(im2col)} "
+                 f"(training keeps {_bytes(train)} more: their gradients, masked ReLU gradients)", line]
         for r in rows:
             print_fn(r)
 
