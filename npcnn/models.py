@@ -475,7 +475,8 @@ class Sequential:
         n = len(x)
         steps = -(-n // batch_size)
         fused = self._fused
-        bar = cbks.Progbar(steps, live=None) if verbose == 1 else None
+        # verbose=1: a live bar on a terminal; verbose=2 (or not a terminal): one final line
+        bar = cbks.Progbar(steps, live=None if verbose == 1 else False) if verbose else None
         loss_sum = correct = 0.0
         for step in range(steps):
             sl = slice(step * batch_size, (step + 1) * batch_size)
@@ -489,8 +490,6 @@ class Sequential:
         result = self._result(loss_sum / n, correct / n)
         if bar is not None:
             bar.close(self._logs(loss_sum / n, correct / n))
-        elif verbose == 2:
-            print(f"{steps}/{steps}{cbks.format_logs(self._logs(loss_sum / n, correct / n))}")
         return result
 
     def predict(self, x, batch_size=32, verbose=0):
