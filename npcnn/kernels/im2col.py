@@ -113,8 +113,8 @@ def col2im_numpy(cols, x_shape, kernel_size, strides, pads, out_hw):
 #
 # Same contract as the twins above. The loops run over the batch with ``prange``: every
 # image owns its rows of ``cols`` and its slice of ``dx``, so no two threads ever write one
-# element. Inside, the KW*C values of one kernel row are contiguous in an NHWC image, so
-# each (window, kernel row) pair is one short contiguous copy (im2col) or add (col2im).
+# element. Inside, each (window, kernel offset) pair copies (im2col) or adds (col2im) the C
+# contiguous channels of one pixel, indexed directly so that LLVM vectorises the channel loop.
 
 from numba import njit, prange  # noqa: E402
 
@@ -122,104 +122,109 @@ from npcnn.kernels.workspace import buffer, run_parallel  # noqa: E402
 
 
 @njit(cache=True, nogil=True)
-def _im2col_image(x3, n, KH, KW, SH, SW, pt, pl, OH, OW, W, C, cols):
-    """Rows of image n: cols[(n*OH + oh)*OW + ow] from x3 = x viewed as (N, H, W*C)."""
-    H = x3.shape[1]
+def _im2col_image(x, x3, n, KH, KW, SH, SW, pt, pl, OH, OW, cols):
+    """Rows of image n: cols[(n*OH + oh)*OW + ow, (i*KW + j)*C + c] = xpad[n, oh*SH + i, ow*SW + j, c].
+
+    x: (N, H, W, C); x3: the same memory as (N, H, W*C). A window wholly inside the image takes
+    the fast path with no bounds tests: direct indexing with the channel loop innermost, which
+    LLVM vectorises (measured 5x faster than copying through 1-D views for 32-64 channels), or,
+    for fewer than 8 channels, one contiguous run of KW*C values per kernel row. Windows that
+    overlap the zero padding test every pixel.
+    """
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
     KWC = KW * C
     for oh in range(OH):
+        h0 = oh * SH - pt
         for ow in range(OW):
-            cr = cols[(n * OH + oh) * OW + ow]
             w0 = ow * SW - pl
-            inside_w = w0 >= 0 and w0 + KW <= W
-            for i in range(KH):
-                h = oh * SH - pt + i
-                base = i * KWC
-                if h < 0 or h >= H:
-                    for k in range(KWC):
-                        cr[base + k] = 0
-                elif inside_w:  # the whole kernel row is one contiguous run of x
-                    xr = x3[n, h]
+            r = (n * OH + oh) * OW + ow
+            if h0 >= 0 and h0 + KH <= H and w0 >= 0 and w0 + KW <= W:
+                if C < 8:
+                    cr = cols[r]
                     src = w0 * C
-                    for k in range(KWC):
-                        cr[base + k] = xr[src + k]
+                    for i in range(KH):
+                        xr = x3[n, h0 + i]
+                        base = i * KWC
+                        for k in range(KWC):
+                            cr[base + k] = xr[src + k]
                 else:
-                    xr = x3[n, h]
+                    for i in range(KH):
+                        for j in range(KW):
+                            base = (i * KW + j) * C
+                            for c in range(C):
+                                cols[r, base + c] = x[n, h0 + i, w0 + j, c]
+            else:
+                for i in range(KH):
+                    h = h0 + i
                     for j in range(KW):
                         w = w0 + j
-                        if w < 0 or w >= W:
+                        base = (i * KW + j) * C
+                        if 0 <= h < H and 0 <= w < W:
                             for c in range(C):
-                                cr[base + j * C + c] = 0
+                                cols[r, base + c] = x[n, h, w, c]
                         else:
                             for c in range(C):
-                                cr[base + j * C + c] = xr[w * C + c]
+                                cols[r, base + c] = 0
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _im2col_par(x, KH, KW, SH, SW, pt, pl, OH, OW, cols):
-    N, H, W, C = x.shape
-    x3 = x.reshape(N, H, W * C)
-    for n in prange(N):  # each image writes its own rows of cols
-        _im2col_image(x3, n, KH, KW, SH, SW, pt, pl, OH, OW, W, C, cols)
+    x3 = x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+    for n in prange(x.shape[0]):  # each image writes its own rows of cols
+        _im2col_image(x, x3, n, KH, KW, SH, SW, pt, pl, OH, OW, cols)
     return cols
 
 
 @njit(cache=True, nogil=True)
 def _im2col_ser(x, KH, KW, SH, SW, pt, pl, OH, OW, cols):
-    N, H, W, C = x.shape
-    x3 = x.reshape(N, H, W * C)
-    for n in range(N):
-        _im2col_image(x3, n, KH, KW, SH, SW, pt, pl, OH, OW, W, C, cols)
+    x3 = x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+    for n in range(x.shape[0]):
+        _im2col_image(x, x3, n, KH, KW, SH, SW, pt, pl, OH, OW, cols)
     return cols
 
 
 @njit(cache=True, nogil=True)
-def _col2im_image(cols, n, KH, KW, SH, SW, pt, pl, OH, OW, C, dx3):
-    """Image n of dx3 = dx viewed as (N, H, W*C): zeroed, then every window's row added back."""
-    H = dx3.shape[1]
-    W = dx3.shape[2] // C
-    KWC = KW * C
-    dn = dx3[n]
+def _col2im_image(cols, n, KH, KW, SH, SW, pt, pl, OH, OW, dx):
+    """Image n of dx (N, H, W, C): zeroed, then every window's row added back (the adjoint of
+    _im2col_image, with the same fast path for windows wholly inside the image)."""
+    H, W, C = dx.shape[1], dx.shape[2], dx.shape[3]
     for h in range(H):
-        for k in range(W * C):
-            dn[h, k] = 0
+        for w in range(W):
+            for c in range(C):
+                dx[n, h, w, c] = 0
     for oh in range(OH):
+        h0 = oh * SH - pt
         for ow in range(OW):
-            cr = cols[(n * OH + oh) * OW + ow]
             w0 = ow * SW - pl
-            inside_w = w0 >= 0 and w0 + KW <= W
-            for i in range(KH):
-                h = oh * SH - pt + i
-                if h < 0 or h >= H:
-                    continue
-                base = i * KWC
-                dr = dn[h]
-                if inside_w:
-                    dst = w0 * C
-                    for k in range(KWC):
-                        dr[dst + k] += cr[base + k]
-                else:
+            r = (n * OH + oh) * OW + ow
+            if h0 >= 0 and h0 + KH <= H and w0 >= 0 and w0 + KW <= W:
+                for i in range(KH):
+                    for j in range(KW):
+                        base = (i * KW + j) * C
+                        for c in range(C):
+                            dx[n, h0 + i, w0 + j, c] += cols[r, base + c]
+            else:
+                for i in range(KH):
+                    h = h0 + i
                     for j in range(KW):
                         w = w0 + j
-                        if 0 <= w < W:
+                        if 0 <= h < H and 0 <= w < W:
+                            base = (i * KW + j) * C
                             for c in range(C):
-                                dr[w * C + c] += cr[base + j * C + c]
+                                dx[n, h, w, c] += cols[r, base + c]
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _col2im_par(cols, KH, KW, SH, SW, pt, pl, OH, OW, dx):
-    N, H, W, C = dx.shape
-    dx3 = dx.reshape(N, H, W * C)
-    for n in prange(N):  # one image per iteration: its += never meet another thread's
-        _col2im_image(cols, n, KH, KW, SH, SW, pt, pl, OH, OW, C, dx3)
+    for n in prange(dx.shape[0]):  # one image per iteration: its += never meet another thread's
+        _col2im_image(cols, n, KH, KW, SH, SW, pt, pl, OH, OW, dx)
     return dx
 
 
 @njit(cache=True, nogil=True)
 def _col2im_ser(cols, KH, KW, SH, SW, pt, pl, OH, OW, dx):
-    N, H, W, C = dx.shape
-    dx3 = dx.reshape(N, H, W * C)
-    for n in range(N):
-        _col2im_image(cols, n, KH, KW, SH, SW, pt, pl, OH, OW, C, dx3)
+    for n in range(dx.shape[0]):
+        _col2im_image(cols, n, KH, KW, SH, SW, pt, pl, OH, OW, dx)
     return dx
 
 
