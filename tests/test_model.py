@@ -34,34 +34,6 @@ def test_summary_reports_keras_parameter_count(capsys):
                       (64, 10), (10,)]
 
 
-def test_tutorial_program_runs_with_imports_changed(rng):
-    """The Keras tutorial, unchanged except its imports, on a small synthetic slice."""
-    (train_images, train_labels) = synthetic_images(96, rng)
-    (test_images, test_labels) = synthetic_images(32, rng)
-    train_images, test_images = train_images / 255.0, test_images / 255.0
-
-    model = Sequential()
-    model.add(Conv2D(32, (3, 3), activation='relu', input_shape=(32, 32, 3)))
-    model.add(MaxPooling2D((2, 2)))
-    model.add(Conv2D(64, (3, 3), activation='relu'))
-    model.add(MaxPooling2D((2, 2)))
-    model.add(Conv2D(64, (3, 3), activation='relu'))
-    model.add(Flatten())
-    model.add(Dense(64, activation='relu'))
-    model.add(Dense(10, activation='softmax'))
-    model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])
-    history = model.fit(train_images, train_labels, epochs=2, validation_data=(test_images, test_labels),
-                        verbose=0)
-    test_loss, test_acc = model.evaluate(test_images, test_labels, verbose=2)
-    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
-    assert len(history.history["loss"]) == 2 and history.epoch == [0, 1]
-    assert np.isfinite(test_loss) and 0 <= test_acc <= 1
-    assert history.history["val_loss"][-1] == pytest.approx(test_loss, rel=1e-5)
-    probs = model.predict(test_images)
-    assert probs.shape == (32, 10) and probs.dtype == np.float32
-    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
-
-
 def test_learns_synthetic_task_well_above_chance(rng):
     npcnn.set_random_seed(1)
     x, y = synthetic_images(600, rng, size=16)

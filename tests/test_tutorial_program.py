@@ -101,6 +101,11 @@ def test_readme_program_runs_and_learns(tmp_path, monkeypatch, capsys):
     np.testing.assert_array_equal(ns["train_images"], x_train / 255.0)  # load_data read the real files
     hist = ns["history"].history
     assert set(hist) == {"loss", "accuracy", "val_loss", "val_accuracy"} and len(hist["loss"]) == 10
+    assert ns["history"].epoch == list(range(10))
     assert hist["loss"][-1] < hist["loss"][0]
+    assert hist["val_loss"][-1] == pytest.approx(ns["test_loss"], rel=1e-5)  # same test set, same weights
+    probs = ns["model"].predict(ns["test_images"])
+    assert probs.shape == (200, 10) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
     # 1,000 real training images, 10 epochs: clearly above chance (0.1) on the 200 test images
     assert 0.2 < ns["test_acc"] <= 1 and np.isfinite(ns["test_loss"])

@@ -48,8 +48,6 @@ def _dispatcher(name):
     return call
 
 
-im2col_ = _dispatcher("im2col")
-col2im_ = _dispatcher("col2im")
 conv2d_forward = _dispatcher("conv2d_forward")
 conv2d_backward = _dispatcher("conv2d_backward")
 maxpool2d_forward = _dispatcher("maxpool2d_forward")
@@ -65,7 +63,7 @@ sparse_ce_from_probs = softmax_ce.sparse_ce_from_probs_numpy
 
 __all__ = [
     "register", "get_kernel", "conv_geometry", "output_size", "normalize_padding",
-    "im2col_", "col2im_", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
+    "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
     "maxpool2d_backward", "relu_forward", "relu_backward", "sparse_softmax_ce",
     "dense_forward", "dense_backward", "softmax", "softmax_backward", "sparse_ce_from_probs",
 ]
