@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from npcnn import kernels
 from npcnn.utils import lookup
 
 
@@ -147,14 +148,8 @@ class Adam(Optimizer):
         super().apply(params, grads)
 
     def update(self, p, g, slots):
-        m, v = slots["m"], slots["v"]
-        m += (1 - self.beta_1) * (g - m)
-        v += (1 - self.beta_2) * (g * g - v)
-        denom = np.sqrt(v)
-        denom += self.epsilon
-        np.divide(m, denom, out=denom)
-        denom *= self._alpha
-        p -= denom
+        # The formula above, in place: npcnn.kernels.optim (a NumPy twin and a fused Numba pass).
+        kernels.adam_update(p, g, slots["m"], slots["v"], self.beta_1, self.beta_2, self._alpha, self.epsilon)
 
 
 _OPTIMIZERS = {"adam": Adam, "sgd": SGD}

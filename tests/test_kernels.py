@@ -306,3 +306,37 @@ def test_layers_reuse_their_buffers(backend):
         assert ids[0] == ids[1] == ids[2]
         conv_layer.forward(rng.standard_normal((2, 8, 8, 3)).astype(np.float32), training=True)  # new batch size
         assert conv_layer._workspace["cols"].shape[0] == 2 * 6 * 6
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 3, 4, 5), (17, 6), (7,), (0,)])
+def test_adam_update_agrees_to_the_bit(dtype, shape):
+    """The fused Numba Adam does the twin's float operations in the twin's order: equal results."""
+    from npcnn.kernels import optim
+
+    rng = np.random.default_rng(3)
+    p, g = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
+    m = (rng.standard_normal(shape) * 0.1).astype(dtype)
+    v = (np.abs(rng.standard_normal(shape)) * 0.01).astype(dtype)
+    v.flat[:1] = 0  # sqrt(0) + epsilon: the division stays finite
+    a, b = [x.copy() for x in (p, g, m, v)], [x.copy() for x in (p, g, m, v)]
+    for alpha in (1e-3, 2.5e-3, 0.1):
+        optim.adam_update_numpy(*a, 0.9, 0.999, alpha, 1e-7)
+        optim.adam_update_numba(*b, 0.9, 0.999, alpha, 1e-7)
+    for x, y in zip(a, b):
+        assert x.dtype == dtype and np.array_equal(x, y)
+    assert p.size == 0 or not np.array_equal(a[0], p)  # it did move
+
+
+def test_adam_update_numba_non_contiguous_falls_back_in_place():
+    from npcnn.kernels import optim
+
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((6, 8)).astype(np.float32)
+    p = base[:, ::2]  # a strided view: updated in place through the twin
+    g = rng.standard_normal(p.shape).astype(np.float32)
+    m, v = np.zeros_like(g), np.zeros_like(g)
+    expect = [x.copy() for x in (p, g, m, v)]
+    optim.adam_update_numpy(*expect, 0.9, 0.999, 1e-3, 1e-7)
+    optim.adam_update_numba(p, g, m, v, 0.9, 0.999, 1e-3, 1e-7)
+    assert np.array_equal(base[:, ::2], expect[0]) and np.array_equal(m, expect[2])

@@ -10,7 +10,7 @@ imports from ``npcnn.layers`` or ``npcnn.models``.
 from __future__ import annotations
 
 from npcnn.backend import get_backend
-from npcnn.kernels import activations, conv, dense, im2col, pool, softmax_ce
+from npcnn.kernels import activations, conv, dense, im2col, optim, pool, softmax_ce
 from npcnn.kernels.im2col import conv_geometry, normalize_padding, output_size
 
 # name -> {"numpy": fn, "numba": fn}. A numba entry missing falls back to numpy.
@@ -25,6 +25,7 @@ _REGISTRY = {
     "relu_backward": {"numpy": activations.relu_backward_numpy, "numba": activations.relu_backward_numba},
     "sparse_softmax_ce": {"numpy": softmax_ce.sparse_softmax_ce_numpy,
                           "numba": softmax_ce.sparse_softmax_ce_numba},
+    "adam_update": {"numpy": optim.adam_update_numpy, "numba": optim.adam_update_numba},
 }
 
 
@@ -55,6 +56,7 @@ maxpool2d_backward = _dispatcher("maxpool2d_backward")
 relu_forward = _dispatcher("relu_forward")
 relu_backward = _dispatcher("relu_backward")
 sparse_softmax_ce = _dispatcher("sparse_softmax_ce")
+adam_update = _dispatcher("adam_update")
 dense_forward = dense.dense_forward
 dense_backward = dense.dense_backward
 softmax = activations.softmax_numpy
@@ -64,6 +66,6 @@ sparse_ce_from_probs = softmax_ce.sparse_ce_from_probs_numpy
 __all__ = [
     "register", "get_kernel", "conv_geometry", "output_size", "normalize_padding",
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
-    "maxpool2d_backward", "relu_forward", "relu_backward", "sparse_softmax_ce",
+    "maxpool2d_backward", "relu_forward", "relu_backward", "sparse_softmax_ce", "adam_update",
     "dense_forward", "dense_backward", "softmax", "softmax_backward", "sparse_ce_from_probs",
 ]
