@@ -302,27 +302,41 @@ class Sequential:
         """:meth:`forward` through this model's own layers, in this thread."""
         tail = self._softmax_tail() if logits and not getattr(self.loss, "from_logits", False) else None
         last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
+        i = 0
+        while i <= last:
+            layer = self.layers[i]
+            if i + 1 < last and hasattr(layer, "fuses_pool") and layer.fuses_pool(self.layers[i + 1]):
+                x = layer.forward_pool(x, self.layers[i + 1], training)  # conv + ReLU + pool as one op
+                i += 2
+                continue
             if i == last and tail == "activation":
                 x = layer.forward_pre(x, training)
             elif i == last and tail == "layer":
                 pass
             else:
                 x = layer.forward(x, training)
+            i += 1
         return x
 
     def backward(self, dy, logits=False):
         """Backpropagate ``dy`` (w.r.t. the output, or the logits when ``logits``) through every layer."""
         tail = self._softmax_tail() if logits and not getattr(self.loss, "from_logits", False) else None
         last = len(self.layers) - 1
-        for i in range(last, -1, -1):
+        i = last
+        while i >= 0:
             layer = self.layers[i]
+            prev = self.layers[i - 1] if i > 0 else None
+            if getattr(prev, "_cache_pool", None) is not None:  # the forward ran prev + this pool fused
+                dy = prev.backward_pool(dy, layer)
+                i -= 2
+                continue
             if i == last and tail == "activation":
                 dy = layer.backward_pre(dy)
             elif i == last and tail == "layer":
                 pass
             else:
                 dy = layer.backward(dy)
+            i -= 1
         return dy
 
     def _loss_and_grad(self, x, labels):

@@ -29,6 +29,20 @@ def _record(model):
             return dx
 
         layer.forward, layer.backward = fwd, bwd
+        if hasattr(layer, "forward_pool"):  # a Conv2D the model may run fused with its max-pooling
+            def fwd_pool(x, pool, training=False, _f=layer.forward_pool, _n=layer.name):
+                p = _f(x, pool, training)
+                seen.extend([(f"{_n} input", x.dtype), (f"{pool.name} output", p.dtype)])
+                return p
+
+            def bwd_pool(dp, pool, _b=layer.backward_pool, _n=layer.name):
+                dx = _b(dp, pool)
+                seen.append((f"{pool.name} dy", dp.dtype))
+                if dx is not None:
+                    seen.append((f"{_n} dx", dx.dtype))
+                return dx
+
+            layer.forward_pool, layer.backward_pool = fwd_pool, bwd_pool
     return seen
 
 

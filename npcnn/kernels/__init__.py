@@ -10,7 +10,7 @@ imports from ``npcnn.layers`` or ``npcnn.models``.
 from __future__ import annotations
 
 from npcnn.backend import get_backend
-from npcnn.kernels import activations, conv, dense, im2col, optim, pool, softmax_ce
+from npcnn.kernels import activations, conv, dense, fused, im2col, optim, pool, softmax_ce
 from npcnn.kernels.im2col import conv_geometry, normalize_padding, output_size
 
 # name -> {"numpy": fn, "numba": fn}. A numba entry missing falls back to numpy.
@@ -26,6 +26,10 @@ _REGISTRY = {
     "sparse_softmax_ce": {"numpy": softmax_ce.sparse_softmax_ce_numpy,
                           "numba": softmax_ce.sparse_softmax_ce_numba},
     "adam_update": {"numpy": optim.adam_update_numpy, "numba": optim.adam_update_numba},
+    "conv2d_relu_maxpool_forward": {"numpy": fused.conv2d_relu_maxpool_forward_numpy,
+                                    "numba": fused.conv2d_relu_maxpool_forward_numba},
+    "conv2d_relu_maxpool_backward": {"numpy": fused.conv2d_relu_maxpool_backward_numpy,
+                                     "numba": fused.conv2d_relu_maxpool_backward_numba},
 }
 
 
@@ -57,6 +61,8 @@ relu_forward = _dispatcher("relu_forward")
 relu_backward = _dispatcher("relu_backward")
 sparse_softmax_ce = _dispatcher("sparse_softmax_ce")
 adam_update = _dispatcher("adam_update")
+conv2d_relu_maxpool_forward = _dispatcher("conv2d_relu_maxpool_forward")
+conv2d_relu_maxpool_backward = _dispatcher("conv2d_relu_maxpool_backward")
 dense_forward = dense.dense_forward
 dense_backward = dense.dense_backward
 softmax = activations.softmax_numpy
@@ -67,5 +73,6 @@ __all__ = [
     "register", "get_kernel", "conv_geometry", "output_size", "normalize_padding",
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
     "maxpool2d_backward", "relu_forward", "relu_backward", "sparse_softmax_ce", "adam_update",
+    "conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_backward",
     "dense_forward", "dense_backward", "softmax", "softmax_backward", "sparse_ce_from_probs",
 ]

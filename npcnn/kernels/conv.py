@@ -197,10 +197,19 @@ def conv2d_backward_numba(dout, cache, need_dx=True, workspace=None):
     fn = _mask_db_par if run_parallel(d2.size) else _mask_db_ser
     fn(d2, y if relu else d2, relu, dz, dbp)
     dbias = dbp.sum(axis=0).astype(d2.dtype)
+    dx, dkernel = conv2d_backward_gemms(dz, cache, need_dx, workspace)
+    return dx, dkernel, dbias
+
+
+def conv2d_backward_gemms(dz, cache, need_dx=True, workspace=None):
+    """The GEMM part of the backward: dz (N*OH*OW, F), the gradient w.r.t. the pre-activation
+    (contiguous, the cache's dtype) -> dx (N, H, W, C) or None, dkernel (KH, KW, C, F)."""
+    x_shape, cols, kernel, strides, pads, out_hw, _ = cache
+    KH, KW, C, F = kernel.shape
     dkernel = gemm(cols.T, dz).reshape(kernel.shape)
     dx = None
     if need_dx:
-        dcols = buffer(workspace, "dcols", cols.shape, d2.dtype)
+        dcols = buffer(workspace, "dcols", cols.shape, dz.dtype)
         gemm(dz, kernel.reshape(KH * KW * C, F).T, out=dcols)
         dx = col2im_numba(dcols, x_shape, (KH, KW), strides, pads, out_hw)
-    return dx, dkernel, dbias
+    return dx, dkernel

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from npcnn import initializers
 from npcnn import kernels as K
 from npcnn.layers.base import Layer
@@ -36,6 +38,8 @@ class Conv2D(Layer):
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
         self._cache = None
+        self._cache_pool = None  # the last training forward_pool's cache (conv + ReLU + pool fused)
+        self._pool_out_shape = None
         self._fused = False  # did the last forward fuse the ReLU (so backward must mask)?
         self._fuse_next = False
         self._workspace = {}
@@ -93,12 +97,54 @@ class Conv2D(Layer):
 
     def _conv(self, x, training, relu):
         oh, ow, pads = K.conv_geometry(x.shape, self.kernel_size, self.strides, self.padding)
-        self._cache = None  # the previous step's cache is dead; its buffers get reused
+        self._cache = self._cache_pool = None  # the previous step's caches are dead; their buffers get reused
         y, cache = K.conv2d_forward(x, self.params["kernel"], self.params.get("bias"),
                                     self.strides, pads, (oh, ow), relu=relu, workspace=self._workspace)
         self._cache = cache if training else None
         self._fused = relu
         return y
+
+    # --- fused with the next layer's max-pooling (Sequential's choice) --------------------
+    def fuses_pool(self, nxt):
+        """Whether this layer and ``nxt`` may run as one conv + ReLU + max-pool op
+        (:mod:`npcnn.kernels.fused`): a ReLU activation, then a built MaxPooling2D."""
+        from npcnn.kernels import fused
+        from npcnn.layers.pooling import MaxPooling2D
+
+        return fused.ENABLED and self._fuses_relu() and type(nxt) is MaxPooling2D and nxt.built
+
+    def forward_pool(self, x, pool, training=False):
+        """pool.forward(self.forward(x)) computed as one op; returns the pool's output.
+
+        The activation relu(conv(x) + b) between the two layers is never written.
+        """
+        self._prepare_input(x)
+        oh, ow, pads = K.conv_geometry(x.shape, self.kernel_size, self.strides, self.padding)
+        y_shape = (x.shape[0], oh, ow, self.filters)
+        poh, pow_, ppads = K.conv_geometry(y_shape, pool.pool_size, pool.strides, pool.padding)
+        self._cache = self._cache_pool = pool._cache = None  # dead: their buffers get reused
+        p, cache = K.conv2d_relu_maxpool_forward(
+            x, self.params["kernel"], self.params.get("bias"), self.strides, pads, (oh, ow),
+            pool.pool_size, pool.strides, ppads, (poh, pow_),
+            workspace=self._workspace, pool_workspace=pool._workspace)
+        self._cache_pool = cache if training else None
+        self._pool_out_shape = p.shape if training else None
+        self._out_shape = pool._out_shape = None
+        return p
+
+    def backward_pool(self, dp, pool):
+        """Backward of :meth:`forward_pool`: dp (the pool's output gradient) -> dx; fills both
+        layers' ``grads`` (the pool has none)."""
+        cache = self._need_cache(self._cache_pool)
+        if np.shape(dp) != self._pool_out_shape:
+            raise ValueError(f"{self._label()}: dp has shape {np.shape(dp)}, but the last "
+                             f"forward_pool(training=True) gave an output of shape {self._pool_out_shape}")
+        dx, dk, db = K.conv2d_relu_maxpool_backward(dp, cache, self.need_input_grad, workspace=self._workspace)
+        self.grads = {"kernel": dk}
+        if self.use_bias:
+            self.grads["bias"] = db
+        pool.grads = {}
+        return dx
 
     def backward_pre(self, dz):
         dx, dk, db = K.conv2d_backward(dz, self._need_cache(self._cache), self.need_input_grad,

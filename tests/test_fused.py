@@ -1,0 +1,201 @@
+"""Conv2D + ReLU + MaxPooling2D fused (npcnn.kernels.fused) against the two layers run apart.
+
+* the Numba op agrees with its twin (the conv and pool twins in turn) on random geometries of
+  both the convolution and the pooling, float32 to 1e-5 relative, float64 to 1e-12;
+* vector-Jacobian gradient checks (central differences, float64) through the Numba op;
+* a model trains the same with the fusion on and off: bit for bit on the NumPy backend (the
+  twin is the separate kernels), to float32 rounding on the Numba backend;
+* caches made by one backend's forward are read by the other's backward;
+* the switch (``fused.ENABLED``, ``NPCNN_FUSE=0``) and the shape check of backward_pool.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import seed_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import npcnn
+from npcnn import gradcheck
+from npcnn.kernels import fused, im2col, workspace
+from npcnn.layers import Conv2D, MaxPooling2D
+
+SETTINGS = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = max(np.abs(a).max(initial=0), np.abs(b).max(initial=0), 1e-30)
+    return float(np.abs(a - b).max(initial=0) / scale)
+
+
+@st.composite
+def conv_pool_geometries(draw):
+    """x shape, the conv's (kernel, strides, pads, out_hw), the pool's (size, strides, pads, out_hw)."""
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    cpad = draw(st.sampled_from(["valid", "same"]))
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    h, w = draw(st.integers(kh + 1, kh + 8)), draw(st.integers(kw + 1, kw + 8))
+    oh, ow, pads = im2col.conv_geometry((n, h, w, c), (kh, kw), (sh, sw), cpad)
+    ph, pw = draw(st.integers(1, min(3, oh))), draw(st.integers(1, min(3, ow)))
+    psh, psw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ppad = draw(st.sampled_from(["valid", "same"]))
+    poh, pow_, ppads = im2col.conv_geometry((n, oh, ow, 1), (ph, pw), (psh, psw), ppad)
+    return (n, h, w, c), ((kh, kw), (sh, sw), pads, (oh, ow)), ((ph, pw), (psh, psw), ppads, (poh, pow_))
+
+
+def _args(geo, rng, dtype, filters, use_bias):
+    shape, (k, s, pads, out_hw), pool_geo = geo
+    x = rng.standard_normal(shape).astype(dtype)
+    kernel = rng.standard_normal(k + (shape[3], filters)).astype(dtype)
+    bias = rng.standard_normal(filters).astype(dtype) if use_bias else None
+    return (x, kernel, bias, s, pads, out_hw) + pool_geo
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(geo=conv_pool_geometries(), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**16), filters=st.integers(1, 5), use_bias=st.booleans())
+def test_fused_numba_agrees_with_the_separate_twins(geo, dtype, seed, filters, use_bias):
+    rng = np.random.default_rng(seed)
+    args = _args(geo, rng, dtype, filters, use_bias)
+    pa, ca = fused.conv2d_relu_maxpool_forward_numpy(*args)
+    pb, cb = fused.conv2d_relu_maxpool_forward_numba(*args, workspace={}, pool_workspace={})
+    assert pb.dtype == dtype and pb.shape == pa.shape
+    assert rel_err(pa, pb) < TOL[dtype]
+    dp = rng.standard_normal(pa.shape).astype(dtype)
+    for need_dx in (True, False):
+        ga = fused.conv2d_relu_maxpool_backward_numpy(dp, ca, need_dx)
+        gb = fused.conv2d_relu_maxpool_backward_numba(dp, cb, need_dx, workspace={})
+        for a, b in zip(ga, gb):
+            if a is None:
+                assert b is None
+                continue
+            assert b.dtype == dtype and b.shape == a.shape
+            assert rel_err(a, b) < TOL[dtype] * 10
+
+
+@pytest.mark.parametrize("driver", ["parallel", "serial"])
+@pytest.mark.parametrize("pool_size,pool_strides,padding", [((2, 2), (2, 2), "valid"), ((3, 2), (1, 2), "same")])
+def test_fused_numba_gradcheck(driver, pool_size, pool_strides, padding, monkeypatch):
+    monkeypatch.setattr(workspace, "PARALLEL_MIN_ELEMENTS", 0 if driver == "parallel" else 1 << 62)
+    rng = np.random.default_rng(5)
+    x = gradcheck.spread_input((2, 7, 6, 2), rng)
+    kernel, bias = rng.standard_normal((3, 2, 2, 3)), rng.standard_normal(3) * 0.1 - 2.5
+    oh, ow, pads = im2col.conv_geometry(x.shape, (3, 2), (1, 1), "valid")
+    poh, pow_, ppads = im2col.conv_geometry((2, oh, ow, 3), pool_size, pool_strides, padding)
+
+    def forward(x, kernel, bias):
+        return fused.conv2d_relu_maxpool_forward_numba(x, kernel, bias, (1, 1), pads, (oh, ow), pool_size,
+                                                       pool_strides, ppads, (poh, pow_))
+
+    p, cache = forward(x, kernel, bias)
+    assert (p > 0).any() and (p == 0).any()  # both sides of the ReLU are exercised
+    dp = rng.standard_normal(p.shape)
+    grads = fused.conv2d_relu_maxpool_backward_numba(dp, cache)
+    for v, g in zip((x, kernel, bias), grads):
+        num = gradcheck.numerical_gradient(lambda: float(np.sum(forward(x, kernel, bias)[0] * dp)), v)
+        assert gradcheck.relative_error(g, num) < gradcheck.THRESHOLD
+
+
+def test_fused_ties_after_relu_send_no_gradient():
+    """Windows whose maximum is <= 0 after the bias give 0 and pass no gradient, as the layers do."""
+    x = -np.ones((1, 4, 4, 1), np.float32)
+    kernel = np.ones((1, 1, 1, 1), np.float32)
+    bias = np.zeros(1, np.float32)
+    args = (x, kernel, bias, (1, 1), (0, 0, 0, 0), (4, 4), (2, 2), (2, 2), (0, 0, 0, 0), (2, 2))
+    p, cache = fused.conv2d_relu_maxpool_forward_numba(*args)
+    np.testing.assert_array_equal(p, 0)
+    dx, dk, db = fused.conv2d_relu_maxpool_backward_numba(np.ones_like(p), cache)
+    np.testing.assert_array_equal(dx, 0)
+    np.testing.assert_array_equal(dk, 0)
+    np.testing.assert_array_equal(db, 0)
+
+
+@pytest.mark.parametrize("forward_backend,backward_backend", [("numba", "numpy"), ("numpy", "numba")])
+def test_caches_cross_backends(forward_backend, backward_backend):
+    rng = np.random.default_rng(7)
+    geo = ((2, 9, 8, 3), ((3, 3), (1, 1), (1, 1, 1, 1), (9, 8)), ((2, 2), (2, 2), (0, 0, 0, 0), (4, 4)))
+    args = _args(geo, rng, np.float64, 4, True)
+    fwd = {"numpy": fused.conv2d_relu_maxpool_forward_numpy, "numba": fused.conv2d_relu_maxpool_forward_numba}
+    bwd = {"numpy": fused.conv2d_relu_maxpool_backward_numpy, "numba": fused.conv2d_relu_maxpool_backward_numba}
+    p, cache = fwd[forward_backend](*args)
+    dp = rng.standard_normal(p.shape)
+    expect = fused.conv2d_relu_maxpool_backward_numpy(dp, fused.conv2d_relu_maxpool_forward_numpy(*args)[1])
+    for a, b in zip(expect, bwd[backward_backend](dp, cache)):
+        assert rel_err(a, b) < 1e-12
+
+
+# ----------------------------------------------------------------------------- in the model
+def _train(monkeypatch, enabled, steps=3):
+    monkeypatch.setattr(fused, "ENABLED", enabled)
+    calls = []
+    original = Conv2D.forward_pool
+
+    def spy(self, x, pool, training=False):
+        calls.append(training)
+        return original(self, x, pool, training)
+
+    monkeypatch.setattr(Conv2D, "forward_pool", spy)
+    npcnn.set_random_seed(11)
+    model = seed_model(input_shape=(18, 18, 3), filters=(4, 6, 5), units=8)
+    rng = np.random.default_rng(2)
+    x = rng.random((16, 18, 18, 3), dtype=np.float32)
+    y = rng.integers(0, 10, 16)
+    losses = [model.train_on_batch(x, y)[0] for _ in range(steps)]
+    ran_fused = calls.count(True) >= 2 * steps  # both pairs, every step (in every data-parallel shard)
+    return model, losses, model.predict(x, verbose=0), ran_fused
+
+
+def test_model_trains_the_same_fused_or_not(backend, monkeypatch):
+    m1, l1, p1, ran_fused = _train(monkeypatch, True)
+    assert ran_fused
+    m0, l0, p0, ran_fused = _train(monkeypatch, False)
+    assert not ran_fused
+    w1, w0 = m1.get_weights(), m0.get_weights()
+    if backend == "numpy":  # the twin is the separate kernels: the very same arithmetic
+        assert l1 == l0
+        for a, b in zip(w1, w0):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(p1, p0)
+    else:
+        np.testing.assert_allclose(l1, l0, rtol=1e-5)
+        for a, b in zip(w1, w0):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(p1, p0, rtol=1e-4, atol=1e-6)
+
+
+def test_model_gradcheck_through_the_fused_op(backend, monkeypatch):
+    """The whole-model check (float64, central differences) runs the fused pairs."""
+    calls = []
+    original = Conv2D.backward_pool
+
+    def spy(self, dp, pool):
+        calls.append(dp.dtype)
+        return original(self, dp, pool)
+
+    monkeypatch.setattr(Conv2D, "backward_pool", spy)
+    npcnn.set_random_seed(3)
+    model = seed_model(input_shape=(18, 18, 3), filters=(3, 4, 3), units=5, classes=4)
+    x = gradcheck.spread_input((3, 18, 18, 3), np.random.default_rng(0))
+    rows = gradcheck.check_model(model, x, np.array([0, 3, 1]))
+    assert calls == [np.float64, np.float64]  # both conv + pool pairs, in float64
+    assert len(rows) == 10 and all(r.passed for r in rows), rows
+
+
+def test_backward_pool_checks_the_gradient_shape(rng):
+    conv, pool = Conv2D(2, 3, activation="relu"), MaxPooling2D()
+    x = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
+    conv.forward(x)  # builds it
+    pool.forward(np.zeros((2, 6, 6, 2), np.float32))
+    assert conv.fuses_pool(pool) and not Conv2D(2, 3).fuses_pool(pool)
+    p = conv.forward_pool(x, pool, training=True)
+    assert p.shape == (2, 3, 3, 2)
+    with pytest.raises(ValueError, match=r"dp has shape \(2, 3, 3\).*\(2, 3, 3, 2\)"):
+        conv.backward_pool(np.zeros((2, 3, 3)), pool)
+    conv.forward_pool(x, pool, training=False)
+    with pytest.raises(RuntimeError, match="needs a preceding forward"):
+        conv.backward_pool(np.zeros(p.shape, np.float32), pool)
