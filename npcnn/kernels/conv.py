@@ -156,11 +156,14 @@ def _mask_db_ser(dout, y, relu, dz, dbp):
         _mask_db_rows(dout, y, relu, dz, dbp[t], t * step, min(M, (t + 1) * step))
 
 
-def conv2d_forward_numba(x, kernel, bias, strides, pads, out_hw, relu=False, workspace=None):
+def conv2d_forward_numba(x, kernel, bias, strides, pads, out_hw, relu=False, workspace=None,
+                         reuse_output=False):
     """Convolution forward (Numba + BLAS); same arguments, result and cache as the twin.
 
     ``workspace``: a caller-owned dict; the column matrix is kept there and reused while the
     shapes stay the same (the cache then refers to it: it is valid until the next call).
+    ``reuse_output``: the output too is a workspace buffer, overwritten by the next call (for
+    callers that consume it at once, e.g. :mod:`npcnn.kernels.fused`).
     """
     N = x.shape[0]
     KH, KW, C, F = kernel.shape
@@ -169,7 +172,8 @@ def conv2d_forward_numba(x, kernel, bias, strides, pads, out_hw, relu=False, wor
     x = x.astype(dtype, copy=False)
     kernel = np.ascontiguousarray(kernel, dtype=dtype)
     cols = im2col_numba(x, (KH, KW), strides, pads, out_hw, workspace=workspace)
-    out = np.empty((N * OH * OW, F), dtype=dtype)
+    shape = (N * OH * OW, F)
+    out = buffer(workspace, "out", shape, dtype) if reuse_output else np.empty(shape, dtype=dtype)
     gemm(cols, kernel.reshape(KH * KW * C, F), out=out)
     has_bias = bias is not None
     b = np.ascontiguousarray(bias, dtype=dtype) if has_bias else np.zeros(F, dtype=dtype)
@@ -201,9 +205,11 @@ def conv2d_backward_numba(dout, cache, need_dx=True, workspace=None):
     return dx, dkernel, dbias
 
 
-def conv2d_backward_gemms(dz, cache, need_dx=True, workspace=None):
+def conv2d_backward_gemms(dz, cache, need_dx=True, workspace=None, reuse_dx=False):
     """The GEMM part of the backward: dz (N*OH*OW, F), the gradient w.r.t. the pre-activation
-    (contiguous, the cache's dtype) -> dx (N, H, W, C) or None, dkernel (KH, KW, C, F)."""
+    (contiguous, the cache's dtype) -> dx (N, H, W, C) or None, dkernel (KH, KW, C, F).
+
+    ``reuse_dx``: dx is a workspace buffer, overwritten by the next call."""
     x_shape, cols, kernel, strides, pads, out_hw, _ = cache
     KH, KW, C, F = kernel.shape
     dkernel = gemm(cols.T, dz).reshape(kernel.shape)
@@ -211,5 +217,6 @@ def conv2d_backward_gemms(dz, cache, need_dx=True, workspace=None):
     if need_dx:
         dcols = buffer(workspace, "dcols", cols.shape, dz.dtype)
         gemm(dz, kernel.reshape(KH * KW * C, F).T, out=dcols)
-        dx = col2im_numba(dcols, x_shape, (KH, KW), strides, pads, out_hw)
+        out = buffer(workspace, "dx", x_shape, dz.dtype) if reuse_dx else None
+        dx = col2im_numba(dcols, x_shape, (KH, KW), strides, pads, out_hw, out=out)
     return dx, dkernel

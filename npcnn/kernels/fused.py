@@ -84,10 +84,11 @@ def conv2d_relu_maxpool_forward_numba(x, kernel, bias, strides, pads, out_hw,
     Same arguments and output as the twin; ``workspace``/``pool_workspace`` are the two
     layers' buffer dicts (the caches refer to their buffers until the next call).
     """
+    # z, p and (backward) dz and dx live in the layers' workspaces: no fresh pages every step
     z, conv_cache = conv.conv2d_forward_numba(x, kernel, None, strides, pads, out_hw, relu=False,
-                                              workspace=workspace)
+                                              workspace=workspace, reuse_output=True)
     p, pool_cache = pool.maxpool2d_forward_numba(z, pool_size, pool_strides, pool_pads, pool_out_hw,
-                                                 workspace=pool_workspace)
+                                                 workspace=pool_workspace, reuse_output=True)
     F = p.shape[-1]
     has_bias = bias is not None
     b = np.ascontiguousarray(bias, dtype=p.dtype) if has_bias else np.zeros(F, dtype=p.dtype)
@@ -112,6 +113,6 @@ def conv2d_relu_maxpool_backward_numba(dp, cache, need_dx=True, workspace=None):
     fn = conv._mask_db_par if run_parallel(dp2.size) else conv._mask_db_ser
     fn(dp2, p.reshape(-1, F), True, dpm, dbp)  # dp * [p > 0] and its column sums
     dbias = dbp.sum(axis=0).astype(p.dtype)
-    dz = pool.maxpool2d_backward_numba(dpm.reshape(p.shape), pool_cache)
-    dx, dkernel = conv.conv2d_backward_gemms(dz.reshape(-1, F), conv_cache, need_dx, workspace)
+    dz = pool.maxpool2d_backward_numba(dpm.reshape(p.shape), pool_cache, workspace=workspace)
+    dx, dkernel = conv.conv2d_backward_gemms(dz.reshape(-1, F), conv_cache, need_dx, workspace, reuse_dx=True)
     return dx, dkernel, dbias

@@ -246,13 +246,16 @@ def im2col_numba(x, kernel_size, strides, pads, out_hw, workspace=None):
     return fn(x, KH, KW, SH, SW, pt, pl, OH, OW, cols)
 
 
-def col2im_numba(cols, x_shape, kernel_size, strides, pads, out_hw):
-    """Numba col2im (the adjoint of im2col); same arguments and result as :func:`col2im_numpy`."""
+def col2im_numba(cols, x_shape, kernel_size, strides, pads, out_hw, out=None):
+    """Numba col2im (the adjoint of im2col); same arguments and result as :func:`col2im_numpy`.
+
+    ``out``: an (N, H, W, C) array of cols' dtype to write dx into (every element is written).
+    """
     N, H, W, C = x_shape
     KH, KW = kernel_size
     SH, SW = strides
     OH, OW = out_hw
     pt, _, pl, _ = pads
-    dx = np.empty((N, H, W, C), dtype=cols.dtype)
+    dx = np.empty((N, H, W, C), dtype=cols.dtype) if out is None else out
     fn = _col2im_par if run_parallel(cols.size) else _col2im_ser
     return fn(np.ascontiguousarray(cols), KH, KW, SH, SW, pt, pl, OH, OW, dx)

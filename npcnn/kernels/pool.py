@@ -189,11 +189,12 @@ def _maxpool_bwd_tiled_ser(dout, argmax, PH, PW, dx):
         _maxpool_bwd_tiled_image(dout, argmax, n, PH, PW, dx)
 
 
-def maxpool2d_forward_numba(x, pool_size, strides, pads, out_hw, workspace=None):
+def maxpool2d_forward_numba(x, pool_size, strides, pads, out_hw, workspace=None, reuse_output=False):
     """Max-pool forward (Numba); same arguments, result and cache as the twin.
 
     ``workspace``: a caller-owned dict where the int32 argmax buffer is reused while the
     shapes stay the same (the cache then refers to it until the next call).
+    ``reuse_output``: the output too is a workspace buffer, overwritten by the next call.
     """
     N, H, W, C = x.shape
     PH, PW = pool_size
@@ -201,17 +202,21 @@ def maxpool2d_forward_numba(x, pool_size, strides, pads, out_hw, workspace=None)
     OH, OW = out_hw
     pt, pb, pl, pr = pads
     x = np.ascontiguousarray(x)
-    out = np.empty((N, OH, OW, C), dtype=x.dtype)
+    shape = (N, OH, OW, C)
+    out = buffer(workspace, "out", shape, x.dtype) if reuse_output else np.empty(shape, dtype=x.dtype)
     argmax = buffer(workspace, "argmax", (N, OH, OW, C), np.int32)
     fn = _maxpool_fwd_par if run_parallel(x.size) else _maxpool_fwd_ser
     fn(x, PH, PW, SH, SW, pt, pl, out, argmax)
     return out, (x.shape, argmax, pool_size, strides, pads, out_hw)
 
 
-def maxpool2d_backward_numba(dout, cache):
-    """Max-pool backward (Numba); same arguments and result as the twin. ``dout`` is never written."""
+def maxpool2d_backward_numba(dout, cache, workspace=None):
+    """Max-pool backward (Numba); same arguments and result as the twin. ``dout`` is never written.
+
+    ``workspace``: when given, dx is its buffer "pool_dx" (overwritten by the next call).
+    """
     x_shape, argmax, (PH, PW), (SH, SW), (pt, pb, pl, pr), (OH, OW) = cache
-    dx = np.empty(x_shape, dtype=dout.dtype)
+    dx = np.empty(x_shape, dtype=dout.dtype) if workspace is None else buffer(workspace, "pool_dx", x_shape, dout.dtype)
     dout = np.ascontiguousarray(dout)
     if (SH, SW) == (PH, PW) and not any((pt, pb, pl, pr)):  # windows tile the image ('valid' 2x2 / 2)
         fn = _maxpool_bwd_tiled_par if run_parallel(dx.size) else _maxpool_bwd_tiled_ser
