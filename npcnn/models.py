@@ -15,6 +15,7 @@ from zlib import error as zlib_error
 import numpy as np
 
 from npcnn import callbacks as cbks
+from npcnn import kernels as K
 from npcnn import losses as losses_mod
 from npcnn import optimizers as optimizers_mod
 from npcnn import parallel
@@ -547,17 +548,15 @@ class Sequential:
     def _check_finite_step(self, loss, grads, where, epoch, step):
         """Raise FloatingPointError if the loss or any gradient is NaN/Inf (before the update).
 
-        The gradients are summed in float64 (which cannot overflow for finite float32 values), so
-        one non-finite entry anywhere makes its sum non-finite: one cheap reduction per tensor.
+        One pass per tensor (``kernels.all_finite``: on the Numba backend an integer test of the
+        exponent bits).
         """
         bad = None
         if not np.isfinite(loss):
             bad = f"the loss became {loss}"
         else:
-            with np.errstate(invalid="ignore"):  # inf + -inf gives a NaN sum: what we look for
-                sums = [np.sum(g, dtype=np.float64) for g in grads]
-            for i, total in enumerate(sums):
-                if not np.isfinite(total):
+            for i, g in enumerate(grads):
+                if not K.all_finite(g):
                     name = [f"{layer.name}/{k}" for layer in self.layers for k in layer.params][i]
                     bad = f"the gradient of {name} became NaN or Inf (loss {loss:.6g})"
                     break

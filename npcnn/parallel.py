@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+from npcnn import kernels
+
 MIN_SHARD = 8  # fewer images per shard: not worth the hand-off (and tiny batches stay bit-for-bit unsharded)
 
 _enabled = os.environ.get("NPCNN_DATA_PARALLEL", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -211,13 +213,8 @@ def loss_and_grad(model, x, labels, shards):
     for i, layer in enumerate(model.layers):
         if not layer.params:
             continue
-        grads = {}
-        for j, k in enumerate(layer.params):
-            g = results[0][2][i][j].copy()
-            for r in results[1:]:  # fixed order: deterministic for a given shard count
-                g += r[2][i][j]
-            grads[k] = g
-        layer.grads = grads
+        # shard 0 + shard 1 + ...: a fixed order, deterministic for a given shard count
+        layer.grads = {k: kernels.add_arrays([r[2][i][j] for r in results]) for j, k in enumerate(layer.params)}
     return loss, out
 
 

@@ -340,3 +340,24 @@ def test_adam_update_numba_non_contiguous_falls_back_in_place():
     optim.adam_update_numpy(*expect, 0.9, 0.999, 1e-3, 1e-7)
     optim.adam_update_numba(p, g, m, v, 0.9, 0.999, 1e-3, 1e-7)
     assert np.array_equal(base[:, ::2], expect[0]) and np.array_equal(m, expect[2])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gradient_bookkeeping_kernels_agree(dtype):
+    """Summing shard gradients and the NaN/Inf check: Numba equals the twin, NaN/inf anywhere found."""
+    from npcnn.kernels import optim
+
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((5, 7)).astype(dtype), rng.standard_normal((5, 7)).astype(dtype)
+    np.testing.assert_array_equal(optim.add_arrays_numba([a, b]), optim.add_arrays_numpy([a, b]))
+    three = [a, b, a[::-1].copy()]
+    np.testing.assert_array_equal(optim.add_arrays_numba(three), optim.add_arrays_numpy(three))
+    assert optim.add_arrays_numba([a, b]).dtype == dtype
+    for fn in (optim.all_finite_numpy, optim.all_finite_numba):
+        assert fn(a) and fn(np.zeros(0, dtype)) and fn(np.array([np.finfo(dtype).max, -np.finfo(dtype).tiny], dtype))
+        for bad in (np.nan, np.inf, -np.inf):
+            for pos in (0, 17, 34):
+                c = a.copy()
+                c.flat[pos] = bad
+                assert not fn(c), (fn.__name__, bad, pos)
+        assert not fn(np.full((3,), np.nan, dtype)[::2])  # strided: the twin's path

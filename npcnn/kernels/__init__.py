@@ -26,6 +26,8 @@ _REGISTRY = {
     "sparse_softmax_ce": {"numpy": softmax_ce.sparse_softmax_ce_numpy,
                           "numba": softmax_ce.sparse_softmax_ce_numba},
     "adam_update": {"numpy": optim.adam_update_numpy, "numba": optim.adam_update_numba},
+    "add_arrays": {"numpy": optim.add_arrays_numpy, "numba": optim.add_arrays_numba},
+    "all_finite": {"numpy": optim.all_finite_numpy, "numba": optim.all_finite_numba},
     "conv2d_relu_maxpool_forward": {"numpy": fused.conv2d_relu_maxpool_forward_numpy,
                                     "numba": fused.conv2d_relu_maxpool_forward_numba},
     "conv2d_relu_maxpool_backward": {"numpy": fused.conv2d_relu_maxpool_backward_numpy,
@@ -61,6 +63,8 @@ relu_forward = _dispatcher("relu_forward")
 relu_backward = _dispatcher("relu_backward")
 sparse_softmax_ce = _dispatcher("sparse_softmax_ce")
 adam_update = _dispatcher("adam_update")
+add_arrays = _dispatcher("add_arrays")
+all_finite = _dispatcher("all_finite")
 conv2d_relu_maxpool_forward = _dispatcher("conv2d_relu_maxpool_forward")
 conv2d_relu_maxpool_backward = _dispatcher("conv2d_relu_maxpool_backward")
 dense_forward = dense.dense_forward
@@ -72,7 +76,8 @@ sparse_ce_from_probs = softmax_ce.sparse_ce_from_probs_numpy
 __all__ = [
     "register", "get_kernel", "conv_geometry", "output_size", "normalize_padding",
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
-    "maxpool2d_backward", "relu_forward", "relu_backward", "sparse_softmax_ce", "adam_update",
+    "maxpool2d_backward", "relu_forward", "relu_backward", "sparse_softmax_ce",
+    "adam_update", "add_arrays", "all_finite",
     "conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_backward",
     "dense_forward", "dense_backward", "softmax", "softmax_backward", "sparse_ce_from_probs",
 ]

@@ -53,3 +53,61 @@ def adam_update_numba(p, g, m, v, beta_1, beta_2, alpha, epsilon):
     t = p.dtype.type  # the scalars in the arrays' precision, as NumPy's weak Python floats are
     _adam_flat(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
                t(1 - beta_1), t(1 - beta_2), t(alpha), t(epsilon))
+
+
+# --------------------------------------------------------------------------- gradient bookkeeping
+# The two passes between the backward and the update: summing the data-parallel shards'
+# gradients (npcnn.parallel) and checking that every gradient is finite before any weight
+# moves (Sequential's NaN/Inf guard).
+
+
+def add_arrays_numpy(arrays):
+    """arrays[0] + arrays[1] + ... in that order, as a new array (same shape and dtype)."""
+    out = arrays[0].copy()
+    for a in arrays[1:]:
+        out += a
+    return out
+
+
+def all_finite_numpy(a):
+    """True when no element of ``a`` is NaN or +-inf."""
+    return bool(np.isfinite(a).all())
+
+
+@njit(cache=True, nogil=True)
+def _add2(a, b, out):
+    for i in range(out.size):
+        out[i] = a[i] + b[i]
+
+
+@njit(cache=True, nogil=True)
+def _any_exponent_all_ones(bits, mask):
+    """bits: the float array viewed as unsigned ints; NaN and inf are the values whose exponent
+    field (``mask``) is all ones. An integer OR-reduction: vectorised, no early exit needed."""
+    found = 0
+    for i in range(bits.size):
+        found |= (bits[i] & mask) == mask
+    return found != 0
+
+
+def add_arrays_numba(arrays):
+    """Same as :func:`add_arrays_numpy`; one fused pass for two contiguous arrays (the 2-core case)."""
+    a = arrays[0]
+    if len(arrays) != 2 or not all(x.flags.c_contiguous and x.dtype == a.dtype and x.shape == a.shape
+                                   for x in arrays):
+        return add_arrays_numpy(arrays)
+    out = np.empty_like(a)
+    _add2(a.reshape(-1), arrays[1].reshape(-1), out.reshape(-1))
+    return out
+
+
+_EXPONENT_BITS = {np.dtype(np.float32): (np.uint32, 0x7F800000), np.dtype(np.float64): (np.uint64, 0x7FF0000000000000)}
+
+
+def all_finite_numba(a):
+    """Same as :func:`all_finite_numpy`, one integer pass over the bits (float32/float64, contiguous)."""
+    kind = _EXPONENT_BITS.get(a.dtype)
+    if kind is None or not a.flags.c_contiguous:
+        return all_finite_numpy(a)
+    utype, mask = kind
+    return not _any_exponent_all_ones(a.reshape(-1).view(utype), utype(mask))
