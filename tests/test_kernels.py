@@ -361,3 +361,28 @@ def test_gradient_bookkeeping_kernels_agree(dtype):
                 c.flat[pos] = bad
                 assert not fn(c), (fn.__name__, bad, pos)
         assert not fn(np.full((3,), np.nan, dtype)[::2])  # strided: the twin's path
+
+
+@pytest.mark.parametrize("shape", [(3, 30, 30, 32), (2, 7, 9, 5), (1, 2, 2, 1), (2, 3, 5, 3)])
+@pytest.mark.parametrize("values", ["random", "ties", "special"])
+def test_maxpool_2x2_fast_path_equals_the_general_path_and_the_twin(shape, values, driver):
+    """The 2x2 / stride 2 / 'valid' forward has its own loop: same outputs and argmax as the
+    general loop (ties: first position; NaN/inf as the general kernel) and as the twin."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(shape).astype(np.float32)
+    if values == "ties":  # after a ReLU whole windows are 0, others hold repeated values
+        x = np.maximum(x, 0).round(0)
+    elif values == "special":
+        x.flat[::7] = np.inf
+        x.flat[3::11] = -np.inf
+    oh, ow = shape[1] // 2, shape[2] // 2
+    out, cache = pool.maxpool2d_forward_numba(x, (2, 2), (2, 2), (0, 0, 0, 0), (oh, ow))
+    general_out = np.empty_like(out)
+    general_arg = np.empty(out.shape, np.int32)
+    for n in range(shape[0]):
+        pool._maxpool_fwd_image(x, n, 2, 2, 2, 2, 0, 0, general_out, general_arg)
+    np.testing.assert_array_equal(out, general_out)
+    np.testing.assert_array_equal(cache[1], general_arg)
+    twin_out, twin_cache = pool.maxpool2d_forward_numpy(x, (2, 2), (2, 2), (0, 0, 0, 0), (oh, ow))
+    np.testing.assert_array_equal(out, twin_out)
+    np.testing.assert_array_equal(cache[1], twin_cache[1])
