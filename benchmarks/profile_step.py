@@ -70,9 +70,16 @@ def instrument(model):
     patch(conv_mod, "col2im_numpy", "col2im")
     patch(K, "dense_forward", "Dense (GEMM)")
     patch(K, "dense_backward", "Dense (GEMM)")
+    from npcnn.kernels import optim, pool as pool_mod
+
+    patch(pool_mod, "maxpool2d_forward_numba", "max-pool fwd")  # as the fused conv + pool op calls them
+    patch(pool_mod, "maxpool2d_backward_numba", "max-pool bwd")
+    patch(optim, "add_arrays_numba", "shard sum + NaN check")
+    patch(optim, "all_finite_numba", "shard sum + NaN check")
     for name, cat in (("maxpool2d_forward", "max-pool fwd"), ("maxpool2d_backward", "max-pool bwd"),
                       ("relu_forward", "ReLU (Dense)"), ("relu_backward", "ReLU (Dense)"),
-                      ("sparse_softmax_ce", "softmax-CE")):
+                      ("sparse_softmax_ce", "softmax-CE"), ("add_arrays", "shard sum + NaN check"),
+                      ("all_finite", "shard sum + NaN check")):
         for backend, fn in list(K._REGISTRY[name].items()):
             K._REGISTRY[name][backend] = _timed(cat, fn)
             undo.append((K._REGISTRY[name], backend, fn))
