@@ -70,7 +70,8 @@ def instrument(model):
     patch(conv_mod, "col2im_numpy", "col2im")
     patch(K, "dense_forward", "Dense (GEMM)")
     patch(K, "dense_backward", "Dense (GEMM)")
-    from npcnn.kernels import optim, pool as pool_mod
+    from npcnn.kernels import optim
+    from npcnn.kernels import pool as pool_mod
 
     patch(pool_mod, "maxpool2d_forward_numba", "max-pool fwd")  # as the fused conv + pool op calls them
     patch(pool_mod, "maxpool2d_backward_numba", "max-pool bwd")

@@ -126,3 +126,59 @@ def test_softmax_ce(benchmark, info, backend, n):
     y = rng.integers(0, 10, n)
     info.update(kernel="sparse_softmax_ce (loss + gradient)", batch=n, backend=backend)
     benchmark(_impl(softmax_ce, "sparse_softmax_ce", backend), z, y)
+
+
+FUSED = {"conv1+pool1": "conv1", "conv2+pool2": "conv2"}
+
+
+def _fused_setup(pair, n, backend):
+    from npcnn.kernels import fused
+
+    x, kernel, bias, pads, out_hw, _, _ = _conv_setup(FUSED[pair], n, backend)
+    poh, pow_, ppads = K.conv_geometry((n,) + out_hw + (kernel.shape[3],), (2, 2), (2, 2), "valid")
+    args = (x, kernel, bias, (1, 1), pads, out_hw, (2, 2), (2, 2), ppads, (poh, pow_))
+    kw = {"workspace": {}, "pool_workspace": {}} if backend == "numba" else {}
+    return args, kw, _impl(fused, "conv2d_relu_maxpool_forward", backend), \
+        _impl(fused, "conv2d_relu_maxpool_backward", backend)
+
+
+@pytest.mark.parametrize("n", BATCHES)
+@pytest.mark.parametrize("pair", list(FUSED))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_relu_pool_forward(benchmark, info, backend, pair, n):
+    """The fused conv + ReLU + max-pool op (the twin: the two layers' kernels in turn)."""
+    args, kw, fwd, _ = _fused_setup(pair, n, backend)
+    info.update(kernel="conv2d_relu_maxpool_forward", layer=pair, batch=n, backend=backend)
+    benchmark(fwd, *args, **kw)
+
+
+@pytest.mark.parametrize("n", BATCHES)
+@pytest.mark.parametrize("pair", list(FUSED))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_relu_pool_backward(benchmark, info, backend, pair, n):
+    args, kw, fwd, bwd = _fused_setup(pair, n, backend)
+    p, cache = fwd(*args, **kw)
+    dp = np.random.default_rng(1).standard_normal(p.shape).astype(np.float32)
+    need_dx = pair != "conv1+pool1"
+    bkw = {"workspace": kw["workspace"]} if kw else {}
+    info.update(kernel="conv2d_relu_maxpool_backward", layer=pair, batch=n, backend=backend, need_dx=need_dx)
+    benchmark(bwd, dp, cache, need_dx, **bkw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adam_update(benchmark, info, backend):
+    """One Adam step over every parameter of the seed model (122,570 float32 values, 10 arrays)."""
+    from npcnn.kernels import optim
+
+    rng = np.random.default_rng(0)
+    shapes = [(3, 3, 3, 32), (32,), (3, 3, 32, 64), (64,), (3, 3, 64, 64), (64,), (1024, 64), (64,), (64, 10), (10,)]
+    arrays = [[rng.standard_normal(s).astype(np.float32) for _ in range(2)]
+              + [np.zeros(s, np.float32), np.zeros(s, np.float32)] for s in shapes]
+    fn = _impl(optim, "adam_update", backend)
+
+    def step():
+        for p, g, m, v in arrays:
+            fn(p, g, m, v, 0.9, 0.999, 1e-3, 1e-7)
+
+    info.update(kernel="adam_update (whole model)", backend=backend)
+    benchmark(step)
