@@ -14,22 +14,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import seed_model
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_kernels import SETTINGS, TOL, rel_err
 
 import npcnn
 from npcnn import gradcheck
 from npcnn.kernels import fused, im2col, workspace
 from npcnn.layers import Conv2D, MaxPooling2D
-
-SETTINGS = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-TOL = {np.float32: 1e-5, np.float64: 1e-12}
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    scale = max(np.abs(a).max(initial=0), np.abs(b).max(initial=0), 1e-30)
-    return float(np.abs(a - b).max(initial=0) / scale)
 
 
 @st.composite

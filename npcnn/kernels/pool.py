@@ -137,10 +137,16 @@ def _maxpool2x2_fwd_image(x, n, out, argmax):
                 a[c] = k
 
 
+@njit(cache=True, nogil=True)
+def _is_2x2_tiling(x, PH, PW, SH, SW, pt, pl, out):
+    """2x2 windows with stride 2, no padding, none past the edge: _maxpool2x2_fwd_image applies."""
+    return (PH == 2 and PW == 2 and SH == 2 and SW == 2 and pt == 0 and pl == 0
+            and 2 * out.shape[1] <= x.shape[1] and 2 * out.shape[2] <= x.shape[2])
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _maxpool_fwd_par(x, PH, PW, SH, SW, pt, pl, out, argmax):
-    fast = (PH == 2 and PW == 2 and SH == 2 and SW == 2 and pt == 0 and pl == 0
-            and 2 * out.shape[1] <= x.shape[1] and 2 * out.shape[2] <= x.shape[2])  # no window past the edge
+    fast = _is_2x2_tiling(x, PH, PW, SH, SW, pt, pl, out)
     for n in prange(x.shape[0]):
         if fast:
             _maxpool2x2_fwd_image(x, n, out, argmax)
@@ -150,8 +156,7 @@ def _maxpool_fwd_par(x, PH, PW, SH, SW, pt, pl, out, argmax):
 
 @njit(cache=True, nogil=True)
 def _maxpool_fwd_ser(x, PH, PW, SH, SW, pt, pl, out, argmax):
-    fast = (PH == 2 and PW == 2 and SH == 2 and SW == 2 and pt == 0 and pl == 0
-            and 2 * out.shape[1] <= x.shape[1] and 2 * out.shape[2] <= x.shape[2])  # no window past the edge
+    fast = _is_2x2_tiling(x, PH, PW, SH, SW, pt, pl, out)
     for n in range(x.shape[0]):
         if fast:
             _maxpool2x2_fwd_image(x, n, out, argmax)
