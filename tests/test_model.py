@@ -134,3 +134,19 @@ def test_build_later_without_input_shape(rng):
     model.build((None, 5, 5, 1))
     assert model.output_shape == (3,)
     assert model.count_params() == 2 * 9 + 2 + 50 * 3 + 3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_input_value_range_scan_finds_nan_and_inf_in_any_chunk(dtype):
+    """The input check scans min/max chunk by chunk (no temporary the size of x): a NaN or an inf in
+    any chunk, first or last, is found; finite data gives its true range."""
+    from npcnn.models import _value_range
+
+    x = np.linspace(-3, 5, 1000).astype(dtype)
+    assert _value_range(x, chunk=64) == (-3, 5)
+    for pos in (0, 500, 999):
+        for bad in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y[pos] = bad
+            lo, hi = _value_range(y, chunk=64)
+            assert not (np.isfinite(lo) and np.isfinite(hi)), (pos, bad)
