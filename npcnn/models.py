@@ -20,7 +20,9 @@ from npcnn import losses as losses_mod
 from npcnn import optimizers as optimizers_mod
 from npcnn import parallel
 from npcnn.layers.base import Layer, _check_input_shape, check_weight_list
+from npcnn.layers.convolutional import Conv2D
 from npcnn.layers.core import Softmax
+from npcnn.layers.pooling import MaxPooling2D
 from npcnn.utils import (
     NotBuiltError,
     NotCompiledError,
@@ -207,8 +209,9 @@ class Sequential:
         """Print Keras's table: Layer (type) | Output Shape | Param #, then the totals.
 
         A last line gives the memory of the Conv2D layers' im2col columns at ``batch_size``
-        (float32), and what training keeps per step besides: the columns' gradients (every
-        Conv2D but the first) and the masked output gradients of a fused ReLU.
+        (float32), and the scratch buffers a training step keeps besides (on the Numba backend:
+        the columns' gradients, the ReLU-masked and pooling gradients, the conv + pool op's
+        outputs, the argmax indices; see :meth:`_workspace_bytes`).
         """
         self._require_built("summary")
         print_fn = print_fn or print
@@ -221,23 +224,53 @@ class Sequential:
             rows.append(_row((f"{layer.name} ({type(layer).__name__})", shape, f"{layer.count_params():,}"), width))
             rows.append("=" * sum(width) if i == len(self.layers) - 1 else "")
         total = self.count_params()
-        im2col = train = 0
-        shape = self.input_shape
-        for i, layer in enumerate(self.layers):
-            if hasattr(layer, "kernel_size") and hasattr(layer, "filters"):
-                rows_ = batch_size * layer.output_shape[0] * layer.output_shape[1]
-                cols = rows_ * layer.kernel_size[0] * layer.kernel_size[1] * shape[-1] * 4
-                im2col += cols
-                relu = getattr(layer.activation, "activation_name", None) == "relu"
-                train += cols * (i > 0) + rows_ * layer.filters * 4 * relu
-            shape = layer.output_shape
+        im2col, train = self._workspace_bytes(batch_size)
         rows += [f"Total params: {total:,} ({_bytes(total * 4)})",
                  f"Trainable params: {total:,} ({_bytes(total * 4)})",
                  "Non-trainable params: 0 (0.00 B)",
                  f"im2col columns at batch {batch_size}: {_bytes(im2col)} "
-                 f"(training keeps {_bytes(train)} more: their gradients, masked ReLU gradients)", line]
+                 f"(a training step keeps {_bytes(train)} more in scratch buffers)", line]
         for r in rows:
             print_fn(r)
+
+    def _workspace_bytes(self, batch_size):
+        """(im2col columns, other scratch buffers) in bytes that the layers keep between training
+        steps of ``batch_size`` float32 images on the Numba backend (one thread: with several, the
+        shards share these sizes out). The buffers, by the kernels that fill them:
+
+        * Conv2D: the columns (KH*KW*C per output pixel); their gradient, except in the first
+          layer (no input gradient); with a ReLU and no pooling after it, the masked gradient.
+        * Conv2D + ReLU + MaxPooling2D run as one op (npcnn.kernels.fused): the conv output, the
+          pooled output, the masked pooled gradient, the gradient routed back by the pooling, and
+          (except in the first layer) the input gradient; the pooling's argmax indices.
+        * MaxPooling2D on its own: the argmax indices.
+        """
+        im2col = other = 0
+        shape = tuple(self.input_shape)
+        layers = self.layers
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            out = tuple(layer.output_shape)
+            if isinstance(layer, Conv2D):
+                pix = batch_size * out[0] * out[1]
+                cols = pix * layer.kernel_size[0] * layer.kernel_size[1] * shape[-1] * 4
+                im2col += cols
+                other += cols * (i > 0)  # dcols
+                nxt = layers[i + 1] if i + 1 < len(layers) - 1 else None
+                if nxt is not None and layer.fuses_pool(nxt):
+                    pooled = batch_size * int(np.prod(nxt.output_shape)) * 4
+                    other += 2 * pix * layer.filters * 4 + 3 * pooled  # z, pool dx; p, dp masked, argmax
+                    other += batch_size * int(np.prod(shape)) * 4 * (i > 0)  # dx
+                    shape = tuple(nxt.output_shape)
+                    i += 2
+                    continue
+                other += pix * layer.filters * 4 * layer._fuses_relu()  # dz
+            elif isinstance(layer, MaxPooling2D):
+                other += batch_size * int(np.prod(out)) * 4  # argmax (int32)
+            shape = out
+            i += 1
+        return im2col, other
 
     # ------------------------------------------------------------------ compile
     def compile(self, optimizer="rmsprop", loss=None, metrics=None):
