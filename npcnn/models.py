@@ -336,21 +336,25 @@ class Sequential:
         """:meth:`forward` through this model's own layers, in this thread."""
         tail = self._softmax_tail() if logits and not getattr(self.loss, "from_logits", False) else None
         last = len(self.layers) - 1
+        scratch = False  # does x live in a layer's workspace (overwritten by the next forward)?
         i = 0
         while i <= last:
             layer = self.layers[i]
             if i + 1 < last and hasattr(layer, "fuses_pool") and layer.fuses_pool(self.layers[i + 1]):
                 x = layer.forward_pool(x, self.layers[i + 1], training)  # conv + ReLU + pool as one op
+                scratch = True
                 i += 2
                 continue
+            prev = x
             if i == last and tail == "activation":
                 x = layer.forward_pre(x, training)
             elif i == last and tail == "layer":
                 pass
             else:
                 x = layer.forward(x, training)
+            scratch = scratch and np.may_share_memory(x, prev)  # a view (Flatten) stays scratch
             i += 1
-        return x
+        return x.copy() if scratch else x  # what the caller gets is its own
 
     def backward(self, dy, logits=False):
         """Backpropagate ``dy`` (w.r.t. the output, or the logits when ``logits``) through every layer."""

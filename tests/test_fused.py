@@ -191,3 +191,18 @@ def test_backward_pool_checks_the_gradient_shape(rng):
     conv.forward_pool(x, pool, training=False)
     with pytest.raises(RuntimeError, match="needs a preceding forward"):
         conv.backward_pool(np.zeros(p.shape, np.float32), pool)
+
+
+def test_model_output_never_aliases_a_workspace_buffer(rng):
+    """A model ending in conv + pool + Flatten returns its own array, not a view of the fused
+    op's reusable output buffer: a second call leaves the first result alone."""
+    model = npcnn.models.Sequential([Conv2D(3, 3, activation="relu", input_shape=(8, 8, 2)), MaxPooling2D(),
+                                     npcnn.layers.Flatten()])
+    x1, x2 = rng.standard_normal((2, 4, 8, 8, 2)).astype(np.float32)
+    with npcnn.use_backend("numba"):
+        a = model(x1)
+        kept = a.copy()
+        b = model(x2)
+    assert model.layers[0].fuses_pool(model.layers[1])
+    np.testing.assert_array_equal(a, kept)
+    assert not np.array_equal(a, b)
