@@ -360,22 +360,26 @@ class Sequential:
         """Backpropagate ``dy`` (w.r.t. the output, or the logits when ``logits``) through every layer."""
         tail = self._softmax_tail() if logits and not getattr(self.loss, "from_logits", False) else None
         last = len(self.layers) - 1
+        scratch = False  # does dy live in a layer's workspace (overwritten by the next backward)?
         i = last
         while i >= 0:
             layer = self.layers[i]
             prev = self.layers[i - 1] if i > 0 else None
             if getattr(prev, "_cache_pool", None) is not None:  # the forward ran prev + this pool fused
                 dy = prev.backward_pool(dy, layer)
+                scratch = True
                 i -= 2
                 continue
+            before = dy
             if i == last and tail == "activation":
                 dy = layer.backward_pre(dy)
             elif i == last and tail == "layer":
                 pass
             else:
                 dy = layer.backward(dy)
+            scratch = scratch and dy is not None and np.may_share_memory(dy, before)
             i -= 1
-        return dy
+        return dy.copy() if scratch and dy is not None else dy
 
     def _loss_and_grad(self, x, labels):
         """Loss and gradients (in every layer's ``grads``) for a batch already checked at the boundary.

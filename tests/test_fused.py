@@ -206,3 +206,20 @@ def test_model_output_never_aliases_a_workspace_buffer(rng):
     assert model.layers[0].fuses_pool(model.layers[1])
     np.testing.assert_array_equal(a, kept)
     assert not np.array_equal(a, b)
+
+
+def test_model_input_gradient_never_aliases_a_workspace_buffer(rng):
+    """model.backward's input gradient, when it comes from a fused pair, is the caller's own array."""
+    model = npcnn.models.Sequential([Conv2D(3, 3, activation="relu", input_shape=(8, 8, 2)), MaxPooling2D(),
+                                     npcnn.layers.Flatten(), npcnn.layers.Dense(4)])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.layers[0].need_input_grad = True  # as a study of d loss / d image would
+    with npcnn.use_backend("numba"):
+        x = rng.standard_normal((3, 8, 8, 2)).astype(np.float32)
+        model.forward(x, training=True)
+        d1 = model.backward(np.ones((3, 4), np.float32))
+        kept = d1.copy()
+        model.forward(x * 2 - 1, training=True)
+        d2 = model.backward(np.full((3, 4), -3, np.float32))
+    assert np.abs(kept).sum() > 0 and not np.array_equal(d1, d2)
+    np.testing.assert_array_equal(d1, kept)

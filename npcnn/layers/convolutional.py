@@ -116,7 +116,9 @@ class Conv2D(Layer):
     def forward_pool(self, x, pool, training=False):
         """pool.forward(self.forward(x)) computed as one op; returns the pool's output.
 
-        The activation relu(conv(x) + b) between the two layers is never written.
+        The activation relu(conv(x) + b) between the two layers is never written. The returned
+        array is a buffer of the pool's workspace, overwritten by the next call (Sequential
+        copies it when it would reach its caller).
         """
         self._prepare_input(x)
         oh, ow, pads = K.conv_geometry(x.shape, self.kernel_size, self.strides, self.padding)
@@ -134,7 +136,8 @@ class Conv2D(Layer):
 
     def backward_pool(self, dp, pool):
         """Backward of :meth:`forward_pool`: dp (the pool's output gradient) -> dx; fills both
-        layers' ``grads`` (the pool has none)."""
+        layers' ``grads`` (the pool has none). dx is a workspace buffer, overwritten by the next
+        call (Sequential copies it when it would reach its caller)."""
         cache = self._need_cache(self._cache_pool)
         if np.shape(dp) != self._pool_out_shape:
             raise ValueError(f"{self._label()}: dp has shape {np.shape(dp)}, but the last "
