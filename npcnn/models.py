@@ -257,8 +257,8 @@ class Sequential:
                 cols = pix * layer.kernel_size[0] * layer.kernel_size[1] * shape[-1] * 4
                 im2col += cols
                 other += cols * (i > 0)  # dcols
-                nxt = layers[i + 1] if i + 1 < len(layers) - 1 else None
-                if nxt is not None and layer.fuses_pool(nxt):
+                if self._fuses_with_next(i):
+                    nxt = layers[i + 1]
                     pooled = batch_size * int(np.prod(nxt.output_shape)) * 4
                     other += 2 * pix * layer.filters * 4 + 3 * pooled  # z, pool dx; p, dp masked, argmax
                     other += batch_size * int(np.prod(shape)) * 4 * (i > 0)  # dx
@@ -332,6 +332,13 @@ class Sequential:
         """How many data-parallel shards a batch of ``n_images`` runs in (1: this thread, these layers)."""
         return parallel.shard_count(n_images) if self.built else 1
 
+    def _fuses_with_next(self, i):
+        """Whether layer i and layer i + 1 run as one conv + ReLU + max-pool op (never the last layer,
+        which the softmax + cross-entropy fusion may bypass)."""
+        layer = self.layers[i]
+        return (i + 1 < len(self.layers) - 1 and hasattr(layer, "fuses_pool")
+                and layer.fuses_pool(self.layers[i + 1]))
+
     def _local_forward(self, x, training=False, logits=False):
         """:meth:`forward` through this model's own layers, in this thread."""
         tail = self._softmax_tail() if logits and not getattr(self.loss, "from_logits", False) else None
@@ -340,7 +347,7 @@ class Sequential:
         i = 0
         while i <= last:
             layer = self.layers[i]
-            if i + 1 < last and hasattr(layer, "fuses_pool") and layer.fuses_pool(self.layers[i + 1]):
+            if self._fuses_with_next(i):
                 x = layer.forward_pool(x, self.layers[i + 1], training)  # conv + ReLU + pool as one op
                 scratch = True
                 i += 2

@@ -27,6 +27,16 @@ SETTINGS = dict(deadline=None, database=None, suppress_health_check=[HealthCheck
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
+def assert_grads_agree(ga, gb, dtype):
+    """Backward results (dx or None, dkernel, dbias) of a twin (ga) and its Numba version (gb)."""
+    for a, b in zip(ga, gb):
+        if a is None:
+            assert b is None
+            continue
+        assert b.dtype == dtype and b.shape == a.shape
+        assert rel_err(a, b) < TOL[dtype] * 10
+
+
 def rel_err(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     scale = max(np.abs(a).max(initial=0), np.abs(b).max(initial=0), 1e-30)
@@ -103,12 +113,7 @@ def test_conv_agrees(geo, dtype, seed, filters, relu, use_bias):
     for need_dx in (True, False):
         ga = conv.conv2d_backward_numpy(dout, ca, need_dx)
         gb = conv.conv2d_backward_numba(dout, cb, need_dx, workspace={})
-        for a, b in zip(ga, gb):
-            if a is None:
-                assert b is None
-                continue
-            assert b.dtype == dtype and b.shape == a.shape
-            assert rel_err(a, b) < TOL[dtype] * 10
+        assert_grads_agree(ga, gb, dtype)
 
 
 @settings(max_examples=30, **SETTINGS)

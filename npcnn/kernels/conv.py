@@ -173,7 +173,7 @@ def conv2d_forward_numba(x, kernel, bias, strides, pads, out_hw, relu=False, wor
     kernel = np.ascontiguousarray(kernel, dtype=dtype)
     cols = im2col_numba(x, (KH, KW), strides, pads, out_hw, workspace=workspace)
     shape = (N * OH * OW, F)
-    out = buffer(workspace, "out", shape, dtype) if reuse_output else np.empty(shape, dtype=dtype)
+    out = buffer(workspace if reuse_output else None, "out", shape, dtype)
     gemm(cols, kernel.reshape(KH * KW * C, F), out=out)
     has_bias = bias is not None
     b = np.ascontiguousarray(bias, dtype=dtype) if has_bias else np.zeros(F, dtype=dtype)
@@ -217,6 +217,6 @@ def conv2d_backward_gemms(dz, cache, need_dx=True, workspace=None, reuse_dx=Fals
     if need_dx:
         dcols = buffer(workspace, "dcols", cols.shape, dz.dtype)
         gemm(dz, kernel.reshape(KH * KW * C, F).T, out=dcols)
-        out = buffer(workspace, "dx", x_shape, dz.dtype) if reuse_dx else None
+        out = buffer(workspace if reuse_dx else None, "dx", x_shape, dz.dtype)
         dx = col2im_numba(dcols, x_shape, (KH, KW), strides, pads, out_hw, out=out)
     return dx, dkernel

@@ -251,7 +251,7 @@ def maxpool2d_forward_numba(x, pool_size, strides, pads, out_hw, workspace=None,
     pt, pb, pl, pr = pads
     x = np.ascontiguousarray(x)
     shape = (N, OH, OW, C)
-    out = buffer(workspace, "out", shape, x.dtype) if reuse_output else np.empty(shape, dtype=x.dtype)
+    out = buffer(workspace if reuse_output else None, "out", shape, x.dtype)
     argmax = buffer(workspace, "argmax", (N, OH, OW, C), np.int32)
     fn = _maxpool_fwd_par if run_parallel(x.size) else _maxpool_fwd_ser
     fn(x, PH, PW, SH, SW, pt, pl, out, argmax)
@@ -264,7 +264,7 @@ def maxpool2d_backward_numba(dout, cache, workspace=None):
     ``workspace``: when given, dx is its buffer "pool_dx" (overwritten by the next call).
     """
     x_shape, argmax, (PH, PW), (SH, SW), (pt, pb, pl, pr), (OH, OW) = cache
-    dx = np.empty(x_shape, dtype=dout.dtype) if workspace is None else buffer(workspace, "pool_dx", x_shape, dout.dtype)
+    dx = buffer(workspace, "pool_dx", x_shape, dout.dtype)  # workspace None: a new array
     dout = np.ascontiguousarray(dout)
     if (SH, SW) == (PH, PW) and not any((pt, pb, pl, pr)):  # windows tile the image ('valid' 2x2 / 2)
         fn = _maxpool_bwd_tiled_par if run_parallel(dx.size) else _maxpool_bwd_tiled_ser
