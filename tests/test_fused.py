@@ -55,13 +55,14 @@ def test_fused_numba_agrees_with_the_separate_twins(geo, dtype, seed, filters, u
     rng = np.random.default_rng(seed)
     args = _args(geo, rng, dtype, filters, use_bias)
     pa, ca = fused.conv2d_relu_maxpool_forward_numpy(*args)
-    pb, cb = fused.conv2d_relu_maxpool_forward_numba(*args, workspace={}, pool_workspace={})
+    ws = workspace.Workspace()  # the fused block's one ws, for the forward and the backward
+    pb, cb = fused.conv2d_relu_maxpool_forward_numba(*args, ws=ws)
     assert pb.dtype == dtype and pb.shape == pa.shape
     assert rel_err(pa, pb) < TOL[dtype]
     dp = rng.standard_normal(pa.shape).astype(dtype)
     for need_dx in (True, False):
         ga = fused.conv2d_relu_maxpool_backward_numpy(dp, ca, need_dx)
-        gb = fused.conv2d_relu_maxpool_backward_numba(dp, cb, need_dx, workspace={})
+        gb = fused.conv2d_relu_maxpool_backward_numba(dp, cb, need_dx, ws=ws)
         assert_grads_agree(ga, gb, dtype)
 
 

@@ -106,13 +106,14 @@ def test_conv_agrees(geo, dtype, seed, filters, relu, use_bias):
     kernel = rng.standard_normal(k + (shape[3], filters)).astype(dtype)
     bias = rng.standard_normal(filters).astype(dtype) if use_bias else None
     ya, ca = conv.conv2d_forward_numpy(x, kernel, bias, s, pads, out_hw, relu=relu)
-    yb, cb = conv.conv2d_forward_numba(x, kernel, bias, s, pads, out_hw, relu=relu, workspace={})
+    ws = workspace.Workspace()  # one for the forward and the backward, as a layer has
+    yb, cb = conv.conv2d_forward_numba(x, kernel, bias, s, pads, out_hw, relu=relu, ws=ws)
     assert yb.dtype == dtype and yb.shape == ya.shape
     assert rel_err(ya, yb) < TOL[dtype]
     dout = rng.standard_normal(ya.shape).astype(dtype)
     for need_dx in (True, False):
         ga = conv.conv2d_backward_numpy(dout, ca, need_dx)
-        gb = conv.conv2d_backward_numba(dout, cb, need_dx, workspace={})
+        gb = conv.conv2d_backward_numba(dout, cb, need_dx, ws=ws)
         assert_grads_agree(ga, gb, dtype)
 
 
@@ -125,7 +126,7 @@ def test_maxpool_agrees(geo, dtype, seed, ties):
     if ties:  # after a ReLU whole windows are 0: the first position must win
         x = np.maximum(x, 0).round(0)
     ya, ca = pool.maxpool2d_forward_numpy(x, k, s, pads, out_hw)
-    yb, cb = pool.maxpool2d_forward_numba(x, k, s, pads, out_hw, workspace={})
+    yb, cb = pool.maxpool2d_forward_numba(x, k, s, pads, out_hw, ws=workspace.Workspace())
     np.testing.assert_array_equal(ya, yb)
     np.testing.assert_array_equal(ca[1], cb[1])
     assert cb[1].dtype == np.int32
@@ -279,11 +280,12 @@ def test_backward_never_writes_its_inputs(driver):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 6, 6, 2)).astype(np.float32)
     kernel = rng.standard_normal((3, 3, 2, 3)).astype(np.float32)
-    y, cache = conv.conv2d_forward_numba(x, kernel, None, (1, 1), (1, 1, 1, 1), (6, 6), relu=True, workspace={})
+    ws = workspace.Workspace()  # the backward shares the forward's ws, whose buffers the cache holds
+    y, cache = conv.conv2d_forward_numba(x, kernel, None, (1, 1), (1, 1, 1, 1), (6, 6), relu=True, ws=ws)
     dout = rng.standard_normal(y.shape).astype(np.float32)
     before = [dout.copy(), cache[1].copy(), y.copy()]
-    first = conv.conv2d_backward_numba(dout, cache, workspace={})
-    second = conv.conv2d_backward_numba(dout, cache, workspace={})
+    first = [g.copy() for g in conv.conv2d_backward_numba(dout, cache, ws=ws)]  # dx is a ws buffer
+    second = conv.conv2d_backward_numba(dout, cache, ws=ws)
     for a, b in zip([dout, cache[1], y], before):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(first, second):

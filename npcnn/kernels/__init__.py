@@ -1,83 +1,110 @@
 """The math of npcnn as pure functions (the cs231n kernel contract).
 
-Each op is a pair ``forward(...) -> (out, cache)`` and ``backward(dout, cache)``.
-Every op file holds its readable NumPy twin (``*_numpy``) and, beside it, its
-compiled Numba version (``*_numba``); the public names below dispatch to the
-backend chosen by :mod:`npcnn.backend`. Nothing here
-imports from ``npcnn.layers`` or ``npcnn.models``.
+Each op is a pair ``forward(...) -> (out, cache)`` and ``backward(dout, cache) -> grads``. Every
+op file holds its readable NumPy twin (``*_numpy``) and, beside it, its compiled Numba version
+(``*_numba``), with identical signatures, and ends with a ``KERNELS`` dict
+``{"name": (numpy_fn, numba_fn)}``; the modules listed in :data:`MODULES` are registered in
+:mod:`npcnn.kernels.registry`. The contract, in short (docs/kernels.md has it in full):
+
+* every kernel takes the keyword ``ws=None``: a :class:`~npcnn.kernels.workspace.Workspace` of
+  named scratch buffers ("<kernel>.<array>") reused from call to call; with a ``ws`` a kernel's
+  outputs are buffers overwritten by the next call with the same ``ws``, with None they are fresh;
+* caches are named tuples shared by both twins (ConvCache, PoolCache, DenseCache, FusedCache);
+  the activations' cache is their output array;
+* ``npcnn.kernels.<name>(...)`` dispatches to the active backend's implementation, looked up at
+  call time, so :func:`override` and :func:`npcnn.set_backend` apply at once; composite kernels
+  look their parts up the same way (conv -> im2col, col2im; fused -> conv, pool).
+
+Nothing here imports from ``npcnn.layers`` or ``npcnn.models``.
 """
 
 from __future__ import annotations
 
-from npcnn.backend import get_backend
+import types
+
 from npcnn.kernels import activations, conv, dense, fused, im2col, optim, pool, softmax_ce
+from npcnn.kernels.conv import ConvCache
+from npcnn.kernels.dense import DenseCache
+from npcnn.kernels.fused import FusedCache
 from npcnn.kernels.im2col import conv_geometry, normalize_padding, output_size
+from npcnn.kernels.pool import PoolCache
+from npcnn.kernels.registry import (
+    _REGISTRY,
+    UnknownKernelError,
+    get_kernel,
+    kernel_names,
+    override,
+    register,
+    register_module,
+)
+from npcnn.kernels.workspace import Workspace
 
-# name -> {"numpy": fn, "numba": fn}. A numba entry missing falls back to numpy.
-_REGISTRY = {
-    "im2col": {"numpy": im2col.im2col_numpy, "numba": im2col.im2col_numba},
-    "col2im": {"numpy": im2col.col2im_numpy, "numba": im2col.col2im_numba},
-    "conv2d_forward": {"numpy": conv.conv2d_forward_numpy, "numba": conv.conv2d_forward_numba},
-    "conv2d_backward": {"numpy": conv.conv2d_backward_numpy, "numba": conv.conv2d_backward_numba},
-    "maxpool2d_forward": {"numpy": pool.maxpool2d_forward_numpy, "numba": pool.maxpool2d_forward_numba},
-    "maxpool2d_backward": {"numpy": pool.maxpool2d_backward_numpy, "numba": pool.maxpool2d_backward_numba},
-    "relu_forward": {"numpy": activations.relu_forward_numpy, "numba": activations.relu_forward_numba},
-    "relu_backward": {"numpy": activations.relu_backward_numpy, "numba": activations.relu_backward_numba},
-    "sparse_softmax_ce": {"numpy": softmax_ce.sparse_softmax_ce_numpy,
-                          "numba": softmax_ce.sparse_softmax_ce_numba},
-    "adam_update": {"numpy": optim.adam_update_numpy, "numba": optim.adam_update_numba},
-    "add_arrays": {"numpy": optim.add_arrays_numpy, "numba": optim.add_arrays_numba},
-    "all_finite": {"numpy": optim.all_finite_numpy, "numba": optim.all_finite_numba},
-    "conv2d_relu_maxpool_forward": {"numpy": fused.conv2d_relu_maxpool_forward_numpy,
-                                    "numba": fused.conv2d_relu_maxpool_forward_numba},
-    "conv2d_relu_maxpool_backward": {"numpy": fused.conv2d_relu_maxpool_backward_numpy,
-                                     "numba": fused.conv2d_relu_maxpool_backward_numba},
-}
+# The kernel modules; each defines KERNELS = {"name": (numpy_fn, numba_fn)}. Adding a kernel file
+# is the file plus one entry here.
+MODULES = (
+    im2col,
+    conv,
+    pool,
+    activations,
+    dense,
+    softmax_ce,
+    optim,
+    fused,
+    # --- batchnorm and dropout (npcnn/kernels/batchnorm.py, dropout.py) are added here by their author ---
+)
 
-
-def register(name, backend, fn):
-    """Register ``fn`` as the ``backend`` implementation of kernel ``name``."""
-    _REGISTRY[name][backend] = fn
-
-
-def get_kernel(name, backend=None):
-    """Return the implementation of kernel ``name`` for ``backend`` (default: the active one)."""
-    impls = _REGISTRY[name]
-    return impls.get(backend or get_backend(), impls["numpy"])
+for _module in MODULES:
+    register_module(_module)
 
 
 def _dispatcher(name):
     def call(*args, **kwargs):
         return get_kernel(name)(*args, **kwargs)
 
-    call.__name__ = name
-    call.__doc__ = f"Dispatch to the active backend's ``{name}`` (see ``{name}_numpy``)."
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = (f"Dispatch to the active backend's ``{name}`` (looked up at call time; "
+                    f"see its NumPy twin ``{name}_numpy`` for the arguments).")
     return call
 
 
-conv2d_forward = _dispatcher("conv2d_forward")
-conv2d_backward = _dispatcher("conv2d_backward")
-maxpool2d_forward = _dispatcher("maxpool2d_forward")
-maxpool2d_backward = _dispatcher("maxpool2d_backward")
-relu_forward = _dispatcher("relu_forward")
-relu_backward = _dispatcher("relu_backward")
-sparse_softmax_ce = _dispatcher("sparse_softmax_ce")
-adam_update = _dispatcher("adam_update")
-add_arrays = _dispatcher("add_arrays")
-all_finite = _dispatcher("all_finite")
-conv2d_relu_maxpool_forward = _dispatcher("conv2d_relu_maxpool_forward")
-conv2d_relu_maxpool_backward = _dispatcher("conv2d_relu_maxpool_backward")
-dense_forward = dense.dense_forward
-dense_backward = dense.dense_backward
-softmax = activations.softmax_numpy
-softmax_backward = activations.softmax_backward_numpy
-sparse_ce_from_probs = softmax_ce.sparse_ce_from_probs_numpy
+class _KernelModule(types.ModuleType):
+    """A kernel module named like one of its kernels (``im2col``): calling the module dispatches,
+    so ``npcnn.kernels.im2col(...)`` runs the kernel and ``npcnn.kernels.im2col.im2col_numpy`` is
+    still the module's function."""
+
+    def __call__(self, *args, **kwargs):
+        return get_kernel(self.__name__.rpartition(".")[2])(*args, **kwargs)
+
+
+# One dispatcher per registered kernel, e.g. npcnn.kernels.conv2d_forward(...).
+_DISPATCHERS = sorted(_REGISTRY)
+for _name in _DISPATCHERS:
+    if isinstance(globals().get(_name), types.ModuleType):
+        globals()[_name].__class__ = _KernelModule
+    else:
+        globals()[_name] = _dispatcher(_name)
+del _module, _name
+
+
+def __getattr__(name):
+    """A dispatcher for a kernel registered after import (``register`` of a new name)."""
+    if name in _REGISTRY:
+        fn = _dispatcher(name)
+        globals()[name] = fn
+        return fn
+    raise AttributeError(f"module 'npcnn.kernels' has no attribute {name!r}")
+
+
+def softmax(z, ws=None):
+    """The softmax's output p only (N, K): an alias kept for older callers of ``K.softmax``.
+
+    Layers call ``softmax_forward(z, ws) -> (p, cache)``.
+    """
+    return get_kernel("softmax_forward")(z, ws=ws)[0]
+
 
 __all__ = [
     "register", "get_kernel", "conv_geometry", "output_size", "normalize_padding",
-    "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
-    "maxpool2d_backward", "relu_forward", "relu_backward", "sparse_softmax_ce",
-    "adam_update", "add_arrays", "all_finite",
-    "conv2d_relu_maxpool_forward", "conv2d_relu_maxpool_backward",
-    "dense_forward", "dense_backward", "softmax", "softmax_backward", "sparse_ce_from_probs",
+    "override", "register_module", "kernel_names",
+    *_DISPATCHERS, "softmax",
 ]

@@ -19,49 +19,69 @@ PyTorch), so no separate activation array or pass is needed.
 
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import numpy as np
 
-from npcnn.kernels.im2col import col2im_numpy, im2col_numpy
+from npcnn.kernels.registry import get_kernel
 
 
-def conv2d_forward_numpy(x, kernel, bias, strides, pads, out_hw, relu=False, workspace=None):
+class ConvCache(NamedTuple):
+    """What the convolution's backward needs; made by both twins, read by both.
+
+    x_shape: (N, H, W, C). cols: (N*OH*OW, KH*KW*C), the im2col matrix. kernel: (KH, KW, C, F).
+    strides: (SH, SW). pads: (top, bottom, left, right). out_hw: (OH, OW).
+    y: (N*OH*OW, F), the ReLU's output when the forward ran with ``relu=True``, else None.
+    """
+
+    x_shape: tuple
+    cols: np.ndarray
+    kernel: np.ndarray
+    strides: tuple
+    pads: tuple
+    out_hw: tuple
+    y: Optional[np.ndarray]
+
+
+def conv2d_forward_numpy(x, kernel, bias, strides, pads, out_hw, relu=False, ws=None):
     """Convolution forward (readable twin).
 
     Args:
         x: (N, H, W, C). kernel: (KH, KW, C, F). bias: (F,) or None.
         strides: (SH, SW). pads: (top, bottom, left, right). out_hw: (OH, OW).
         relu: apply max(., 0) to the output (fused ReLU).
-        workspace: ignored by the twin (the Numba version reuses buffers from it).
+        ws: ignored by the twin (the Numba version keeps its buffers there).
     Returns:
-        out: (N, OH, OW, F); cache: what :func:`conv2d_backward_numpy` needs.
+        y: (N, OH, OW, F); cache: a :class:`ConvCache`.
     """
     N = x.shape[0]
     KH, KW, C, F = kernel.shape
     OH, OW = out_hw
-    cols = im2col_numpy(x, (KH, KW), strides, pads, out_hw)
+    cols = get_kernel("im2col", "numpy")(x, (KH, KW), strides, pads, out_hw, ws=ws)
     out = cols @ kernel.reshape(KH * KW * C, F)
     if bias is not None:
         out += bias
     if relu:
         out = np.maximum(out, 0)
-    cache = (x.shape, cols, kernel, strides, pads, out_hw, out if relu else None)
+    cache = ConvCache(x.shape, cols, kernel, strides, pads, out_hw, out if relu else None)
     return out.reshape(N, OH, OW, F), cache
 
 
-def conv2d_backward_numpy(dout, cache, need_dx=True, workspace=None):
+def conv2d_backward_numpy(dy, cache, need_dx=True, ws=None):
     """Convolution backward (readable twin).
 
     Args:
-        dout: (N, OH, OW, F) upstream gradient (never written to).
-        cache: from :func:`conv2d_forward_numpy`.
+        dy: (N, OH, OW, F) upstream gradient (never written to).
+        cache: the :class:`ConvCache` of either twin's forward.
         need_dx: skip the col2im when the input gradient is not needed (first layer).
-        workspace: ignored by the twin.
+        ws: ignored by the twin.
     Returns:
-        dx (N, H, W, C) or None, dkernel (KH, KW, C, F), dbias (F,).
+        dx (N, H, W, C) or None, dkernel (KH, KW, C, F), dbias (F,) (also when the forward
+        had no bias: the caller ignores it then).
     """
     x_shape, cols, kernel, strides, pads, out_hw, y = cache
     KH, KW, C, F = kernel.shape
-    d2 = dout.reshape(-1, F)
+    d2 = dy.reshape(-1, F)
     if y is not None:  # fused ReLU: through the mask [y > 0] first
         d2 = np.where(y > 0, d2, 0).astype(d2.dtype, copy=False)
     dkernel = (cols.T @ d2).reshape(kernel.shape)
@@ -69,7 +89,7 @@ def conv2d_backward_numpy(dout, cache, need_dx=True, workspace=None):
     dx = None
     if need_dx:
         dcols = d2 @ kernel.reshape(KH * KW * C, F).T
-        dx = col2im_numpy(dcols, x_shape, (KH, KW), strides, pads, out_hw)
+        dx = get_kernel("col2im", "numpy")(dcols, x_shape, (KH, KW), strides, pads, out_hw, ws=ws)
     return dx, dkernel, dbias
 
 
@@ -77,12 +97,13 @@ def conv2d_backward_numpy(dout, cache, need_dx=True, workspace=None):
 #
 # The GEMMs stay in NumPy's BLAS on contiguous 2-D arrays; Numba does the memory-bound
 # passes around them: im2col, bias (+ ReLU) in one pass over the GEMM output, the ReLU
-# mask fused with the bias gradient, and col2im. Column and gradient buffers come from the
-# caller's workspace, so a layer reuses them every step of the same batch size.
+# mask fused with the bias gradient, and col2im. im2col and col2im are looked up in the
+# registry at call time (so npcnn.kernels.override reaches them). Every array but the
+# parameter gradients is a buffer of the caller's ``ws``: "conv.out", "conv.dz",
+# "conv.db_partial", "conv.dcols" here, "im2col.cols" and "col2im.dx" in the parts.
 
 from numba import njit, prange  # noqa: E402
 
-from npcnn.kernels.im2col import col2im_numba, im2col_numba  # noqa: E402
 from npcnn.kernels.workspace import buffer, run_parallel  # noqa: E402
 
 gemm = np.dot  # every BLAS call of the Numba path goes through this name (the profiler wraps it)
@@ -156,14 +177,11 @@ def _mask_db_ser(dout, y, relu, dz, dbp):
         _mask_db_rows(dout, y, relu, dz, dbp[t], t * step, min(M, (t + 1) * step))
 
 
-def conv2d_forward_numba(x, kernel, bias, strides, pads, out_hw, relu=False, workspace=None,
-                         reuse_output=False):
+def conv2d_forward_numba(x, kernel, bias, strides, pads, out_hw, relu=False, ws=None):
     """Convolution forward (Numba + BLAS); same arguments, result and cache as the twin.
 
-    ``workspace``: a caller-owned dict; the column matrix is kept there and reused while the
-    shapes stay the same (the cache then refers to it: it is valid until the next call).
-    ``reuse_output``: the output too is a workspace buffer, overwritten by the next call (for
-    callers that consume it at once, e.g. :mod:`npcnn.kernels.fused`).
+    With a ``ws`` the output y is its buffer "conv.out" and the cache refers to it and to
+    "im2col.cols": both valid until the next call with the same ``ws``. With None, fresh arrays.
     """
     N = x.shape[0]
     KH, KW, C, F = kernel.shape
@@ -171,52 +189,64 @@ def conv2d_forward_numba(x, kernel, bias, strides, pads, out_hw, relu=False, wor
     dtype = np.result_type(x.dtype, kernel.dtype)
     x = x.astype(dtype, copy=False)
     kernel = np.ascontiguousarray(kernel, dtype=dtype)
-    cols = im2col_numba(x, (KH, KW), strides, pads, out_hw, workspace=workspace)
-    shape = (N * OH * OW, F)
-    out = buffer(workspace if reuse_output else None, "out", shape, dtype)
+    cols = get_kernel("im2col", "numba")(x, (KH, KW), strides, pads, out_hw, ws=ws)
+    out = buffer(ws, "conv.out", (N * OH * OW, F), dtype)
     gemm(cols, kernel.reshape(KH * KW * C, F), out=out)
     has_bias = bias is not None
-    b = np.ascontiguousarray(bias, dtype=dtype) if has_bias else np.zeros(F, dtype=dtype)
     if has_bias or relu:
-        if run_parallel(out.size):
+        b = np.ascontiguousarray(bias, dtype=dtype) if has_bias else buffer(ws, "conv.no_bias", (F,), dtype, zero=True)
+        if run_parallel(out.size, ws):
             _bias_relu_par(out, b, has_bias, relu, _DB_CHUNKS)
         else:
             _bias_relu_ser(out, b, has_bias, relu, 1)
-    cache = (x.shape, cols, kernel, strides, pads, out_hw, out if relu else None)
+    cache = ConvCache(x.shape, cols, kernel, strides, pads, out_hw, out if relu else None)
     return out.reshape(N, OH, OW, F), cache
 
 
-def conv2d_backward_numba(dout, cache, need_dx=True, workspace=None):
+def conv2d_backward_numba(dy, cache, need_dx=True, ws=None):
     """Convolution backward (Numba + BLAS); same arguments and results as the twin.
 
-    ``dout`` is never written; the masked gradient and dcols live in ``workspace`` buffers.
+    ``dy`` is never written. With a ``ws``, dx is its buffer "col2im.dx" (the masked gradient
+    and dcols are "conv.dz" and "conv.dcols"); dkernel and dbias are always fresh arrays.
     """
     x_shape, cols, kernel, strides, pads, out_hw, y = cache
     KH, KW, C, F = kernel.shape
-    d2 = np.ascontiguousarray(dout.reshape(-1, F), dtype=cols.dtype)
+    d2 = np.ascontiguousarray(dy.reshape(-1, F), dtype=cols.dtype)
     relu = y is not None
     M = d2.shape[0]
-    dz = buffer(workspace, "dz", (M, F), d2.dtype) if relu else d2
-    dbp = np.empty((min(_DB_CHUNKS, max(M, 1)), F), dtype=np.float64)
-    fn = _mask_db_par if run_parallel(d2.size) else _mask_db_ser
+    dz = buffer(ws, "conv.dz", (M, F), d2.dtype) if relu else d2
+    dbp = buffer(ws, "conv.db_partial", (min(_DB_CHUNKS, max(M, 1)), F), np.float64)
+    fn = _mask_db_par if run_parallel(d2.size, ws) else _mask_db_ser
     fn(d2, y if relu else d2, relu, dz, dbp)
     dbias = dbp.sum(axis=0).astype(d2.dtype)
-    dx, dkernel = conv2d_backward_gemms(dz, cache, need_dx, workspace)
+    dx, dkernel = conv2d_backward_gemms(dz, cache, need_dx, ws)
     return dx, dkernel, dbias
 
 
-def conv2d_backward_gemms(dz, cache, need_dx=True, workspace=None, reuse_dx=False):
-    """The GEMM part of the backward: dz (N*OH*OW, F), the gradient w.r.t. the pre-activation
-    (contiguous, the cache's dtype) -> dx (N, H, W, C) or None, dkernel (KH, KW, C, F).
+def conv2d_backward_gemms(dz, cache, need_dx=True, ws=None):
+    """The GEMM part of the Numba backward (an internal helper, also used by the fused op).
 
-    ``reuse_dx``: dx is a workspace buffer, overwritten by the next call."""
+    Args:
+        dz: (N*OH*OW, F), the gradient w.r.t. the pre-activation (contiguous, the cache's dtype).
+        cache: a :class:`ConvCache` (its ``y`` is not read).
+        need_dx: compute dx (dcols = dz @ K^T, then col2im, looked up in the registry).
+        ws: with a ``ws``, dcols is its buffer "conv.dcols" and dx its buffer "col2im.dx".
+    Returns:
+        dx (N, H, W, C) or None, dkernel (KH, KW, C, F) (a fresh array).
+    """
     x_shape, cols, kernel, strides, pads, out_hw, _ = cache
     KH, KW, C, F = kernel.shape
     dkernel = gemm(cols.T, dz).reshape(kernel.shape)
     dx = None
     if need_dx:
-        dcols = buffer(workspace, "dcols", cols.shape, dz.dtype)
+        dcols = buffer(ws, "conv.dcols", cols.shape, dz.dtype)
         gemm(dz, kernel.reshape(KH * KW * C, F).T, out=dcols)
-        out = buffer(workspace if reuse_dx else None, "dx", x_shape, dz.dtype)
-        dx = col2im_numba(dcols, x_shape, (KH, KW), strides, pads, out_hw, out=out)
+        dx = get_kernel("col2im", "numba")(dcols, x_shape, (KH, KW), strides, pads, out_hw, ws=ws)
     return dx, dkernel
+
+
+# name -> (NumPy twin, Numba version), registered by npcnn.kernels (see registry.py)
+KERNELS = {
+    "conv2d_forward": (conv2d_forward_numpy, conv2d_forward_numba),
+    "conv2d_backward": (conv2d_backward_numpy, conv2d_backward_numba),
+}

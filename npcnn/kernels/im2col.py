@@ -61,7 +61,7 @@ def conv_geometry(x_shape, kernel_size, strides, padding):
     return oh, ow, (pt, pb, pl, pr)
 
 
-def im2col_numpy(x, kernel_size, strides, pads, out_hw):
+def im2col_numpy(x, kernel_size, strides, pads, out_hw, ws=None):
     """Unroll windows into rows (readable NumPy twin).
 
     Args:
@@ -69,6 +69,7 @@ def im2col_numpy(x, kernel_size, strides, pads, out_hw):
         kernel_size: (KH, KW). strides: (SH, SW).
         pads: (top, bottom, left, right) zero padding.
         out_hw: (OH, OW) output size (from :func:`conv_geometry`).
+        ws: ignored by the twin (the Numba version keeps "im2col.cols" there).
     Returns:
         cols: (N*OH*OW, KH*KW*C), same dtype as x.
     """
@@ -86,12 +87,14 @@ def im2col_numpy(x, kernel_size, strides, pads, out_hw):
     return cols.reshape(N * OH * OW, KH * KW * C)
 
 
-def col2im_numpy(cols, x_shape, kernel_size, strides, pads, out_hw):
+def col2im_numpy(cols, x_shape, kernel_size, strides, pads, out_hw, ws=None):
     """Adjoint of :func:`im2col_numpy`: scatter-add rows back into an image (readable twin).
 
     Args:
         cols: (N*OH*OW, KH*KW*C).
         x_shape: (N, H, W, C) of the image to rebuild.
+        kernel_size, strides, pads, out_hw: as for :func:`im2col_numpy`.
+        ws: ignored by the twin (the Numba version keeps "col2im.dx" there).
     Returns:
         dx: (N, H, W, C), same dtype as cols; overlapping windows are summed.
     """
@@ -106,7 +109,6 @@ def col2im_numpy(cols, x_shape, kernel_size, strides, pads, out_hw):
         for j in range(KW):
             dxp[:, i : i + SH * OH : SH, j : j + SW * OW : SW, :] += cols6[:, :, :, i, j, :]
     return dxp[:, pt : pt + H, pl : pl + W, :]
-
 
 
 # --------------------------------------------------------------------------- Numba versions
@@ -228,12 +230,11 @@ def _col2im_ser(cols, KH, KW, SH, SW, pt, pl, OH, OW, dx):
     return dx
 
 
-def im2col_numba(x, kernel_size, strides, pads, out_hw, workspace=None):
+def im2col_numba(x, kernel_size, strides, pads, out_hw, ws=None):
     """Numba im2col; same arguments and result as :func:`im2col_numpy`.
 
-    ``workspace`` (a dict owned by the caller, e.g. a layer) lets the (N*OH*OW, KH*KW*C)
-    column buffer be reused from one call to the next of the same shape and dtype; the
-    returned array is then that buffer and is overwritten by the next call.
+    With a ``ws`` the (N*OH*OW, KH*KW*C) result is its buffer "im2col.cols", overwritten by the
+    next call with the same ``ws``; with None a fresh array.
     """
     N, H, W, C = x.shape
     KH, KW = kernel_size
@@ -241,21 +242,29 @@ def im2col_numba(x, kernel_size, strides, pads, out_hw, workspace=None):
     OH, OW = out_hw
     pt, _, pl, _ = pads
     x = np.ascontiguousarray(x)
-    cols = buffer(workspace, "cols", (N * OH * OW, KH * KW * C), x.dtype)
-    fn = _im2col_par if run_parallel(cols.size) else _im2col_ser
+    cols = buffer(ws, "im2col.cols", (N * OH * OW, KH * KW * C), x.dtype)
+    fn = _im2col_par if run_parallel(cols.size, ws) else _im2col_ser
     return fn(x, KH, KW, SH, SW, pt, pl, OH, OW, cols)
 
 
-def col2im_numba(cols, x_shape, kernel_size, strides, pads, out_hw, out=None):
+def col2im_numba(cols, x_shape, kernel_size, strides, pads, out_hw, ws=None):
     """Numba col2im (the adjoint of im2col); same arguments and result as :func:`col2im_numpy`.
 
-    ``out``: an (N, H, W, C) array of cols' dtype to write dx into (every element is written).
+    With a ``ws`` the (N, H, W, C) result is its buffer "col2im.dx" (every element written),
+    overwritten by the next call with the same ``ws``; with None a fresh array.
     """
     N, H, W, C = x_shape
     KH, KW = kernel_size
     SH, SW = strides
     OH, OW = out_hw
     pt, _, pl, _ = pads
-    dx = np.empty((N, H, W, C), dtype=cols.dtype) if out is None else out
-    fn = _col2im_par if run_parallel(cols.size) else _col2im_ser
+    dx = buffer(ws, "col2im.dx", (N, H, W, C), cols.dtype)
+    fn = _col2im_par if run_parallel(cols.size, ws) else _col2im_ser
     return fn(np.ascontiguousarray(cols), KH, KW, SH, SW, pt, pl, OH, OW, dx)
+
+
+# name -> (NumPy twin, Numba version), registered by npcnn.kernels (see registry.py)
+KERNELS = {
+    "im2col": (im2col_numpy, im2col_numba),
+    "col2im": (col2im_numpy, col2im_numba),
+}

@@ -7,6 +7,8 @@ At step t, with ``alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)`` computed by
     p = p - alpha * m / (sqrt(v) + epsilon)
 
 All arrays have one shape (any) and dtype; p, m, v are updated in place; g is only read.
+These kernels are not per-layer and allocate nothing reusable: they accept ``ws=None`` as every
+kernel does, and ignore it (the shard sum is always a fresh array: the optimizer keeps it).
 The NumPy twin makes about eight passes over memory with temporaries; the Numba version one,
 element by element, in the same order of float operations (no fastmath), so the two agree to
 the last bit on float32 and float64 (tested).
@@ -20,8 +22,8 @@ import numpy as np
 from numba import njit
 
 
-def adam_update_numpy(p, g, m, v, beta_1, beta_2, alpha, epsilon):
-    """Adam step in place (readable twin). p, g, m, v: same shape and dtype."""
+def adam_update_numpy(p, g, m, v, beta_1, beta_2, alpha, epsilon, ws=None):
+    """Adam step in place (readable twin). p, g, m, v: same shape and dtype. Returns None."""
     m += (1 - beta_1) * (g - m)
     v += (1 - beta_2) * (g * g - v)
     denom = np.sqrt(v)
@@ -42,7 +44,7 @@ def _adam_flat(p, g, m, v, c1, c2, alpha, epsilon):
         p[i] = p[i] - (mi / (math.sqrt(vi) + epsilon)) * alpha
 
 
-def adam_update_numba(p, g, m, v, beta_1, beta_2, alpha, epsilon):
+def adam_update_numba(p, g, m, v, beta_1, beta_2, alpha, epsilon, ws=None):
     """Adam step in place (one fused Numba pass); same arguments and result as the twin.
 
     Falls back to the twin for arrays that are not contiguous (their flat views would be copies).
@@ -61,7 +63,7 @@ def adam_update_numba(p, g, m, v, beta_1, beta_2, alpha, epsilon):
 # moves (Sequential's NaN/Inf guard).
 
 
-def add_arrays_numpy(arrays):
+def add_arrays_numpy(arrays, ws=None):
     """arrays[0] + arrays[1] + ... in that order, as a new array (same shape and dtype)."""
     out = arrays[0].copy()
     for a in arrays[1:]:
@@ -69,7 +71,7 @@ def add_arrays_numpy(arrays):
     return out
 
 
-def all_finite_numpy(a):
+def all_finite_numpy(a, ws=None):
     """True when no element of ``a`` is NaN or +-inf."""
     return bool(np.isfinite(a).all())
 
@@ -90,7 +92,7 @@ def _any_exponent_all_ones(bits, mask):
     return found != 0
 
 
-def add_arrays_numba(arrays):
+def add_arrays_numba(arrays, ws=None):
     """Same as :func:`add_arrays_numpy`; one fused pass for two contiguous arrays (the 2-core case)."""
     a = arrays[0]
     if len(arrays) != 2 or not all(x.flags.c_contiguous and x.dtype == a.dtype and x.shape == a.shape
@@ -104,10 +106,18 @@ def add_arrays_numba(arrays):
 _EXPONENT_BITS = {np.dtype(np.float32): (np.uint32, 0x7F800000), np.dtype(np.float64): (np.uint64, 0x7FF0000000000000)}
 
 
-def all_finite_numba(a):
+def all_finite_numba(a, ws=None):
     """Same as :func:`all_finite_numpy`, one integer pass over the bits (float32/float64, contiguous)."""
     kind = _EXPONENT_BITS.get(a.dtype)
     if kind is None or not a.flags.c_contiguous:
         return all_finite_numpy(a)
     utype, mask = kind
     return not _any_exponent_all_ones(a.reshape(-1).view(utype), utype(mask))
+
+
+# name -> (NumPy twin, Numba version), registered by npcnn.kernels (see registry.py)
+KERNELS = {
+    "adam_update": (adam_update_numpy, adam_update_numba),
+    "add_arrays": (add_arrays_numpy, add_arrays_numba),
+    "all_finite": (all_finite_numpy, all_finite_numba),
+}

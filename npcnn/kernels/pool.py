@@ -12,19 +12,35 @@ position; when windows overlap (stride < pool) contributions add up::
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 
-def maxpool2d_forward_numpy(x, pool_size, strides, pads, out_hw, workspace=None):
+class PoolCache(NamedTuple):
+    """What max-pool backward needs; made by both twins, read by both.
+
+    x_shape: (N, H, W, C). argmax: (N, OH, OW, C) int32, the winning offset i*PW + j inside each
+    window. pool_size: (PH, PW). strides: (SH, SW). pads: (top, bottom, left, right). out_hw: (OH, OW).
+    """
+
+    x_shape: tuple
+    argmax: np.ndarray
+    pool_size: tuple
+    strides: tuple
+    pads: tuple
+    out_hw: tuple
+
+
+def maxpool2d_forward_numpy(x, pool_size, strides, pads, out_hw, ws=None):
     """Max-pool forward (readable twin).
 
     Args:
         x: (N, H, W, C). pool_size: (PH, PW). strides: (SH, SW).
         pads: (top, bottom, left, right), filled with -inf. out_hw: (OH, OW).
-        workspace: ignored by the twin (the Numba version keeps its argmax buffer there).
+        ws: ignored by the twin (the Numba version keeps "pool.out" and "pool.argmax" there).
     Returns:
-        out: (N, OH, OW, C); cache = (x.shape, argmax, ...) where argmax
-        (N, OH, OW, C) int32 holds the winning offset i*PW + j inside each window.
+        y: (N, OH, OW, C); cache: a :class:`PoolCache` (argmax (N, OH, OW, C) int32).
     """
     N, H, W, C = x.shape
     PH, PW = pool_size
@@ -40,23 +56,24 @@ def maxpool2d_forward_numpy(x, pool_size, strides, pads, out_hw, workspace=None)
             windows[i * PW + j] = xp[:, i : i + SH * OH : SH, j : j + SW * OW : SW, :]
     argmax = windows.argmax(axis=0).astype(np.int32)  # first maximum wins ties
     out = np.take_along_axis(windows, argmax[None].astype(np.intp), axis=0)[0]
-    return out, (x.shape, argmax, pool_size, strides, pads, out_hw)
+    return out, PoolCache(x.shape, argmax, pool_size, strides, pads, out_hw)
 
 
-def maxpool2d_backward_numpy(dout, cache):
+def maxpool2d_backward_numpy(dy, cache, ws=None):
     """Max-pool backward (readable twin).
 
     Args:
-        dout: (N, OH, OW, C) (never written to). cache: from the forward.
+        dy: (N, OH, OW, C) (never written to). cache: the :class:`PoolCache` of either twin.
+        ws: ignored by the twin.
     Returns:
-        dx: (N, H, W, C); each dout element lands on its window's argmax.
+        dx: (N, H, W, C); each dy element lands on its window's argmax.
     """
     x_shape, argmax, (PH, PW), (SH, SW), (pt, pb, pl, pr), (OH, OW) = cache
     N, H, W, C = x_shape
-    dxp = np.zeros((N, H + pt + pb, W + pl + pr, C), dtype=dout.dtype)
+    dxp = np.zeros((N, H + pt + pb, W + pl + pr, C), dtype=dy.dtype)
     for i in range(PH):
         for j in range(PW):
-            routed = np.where(argmax == i * PW + j, dout, 0)
+            routed = np.where(argmax == i * PW + j, dy, 0)
             dxp[:, i : i + SH * OH : SH, j : j + SW * OW : SW, :] += routed
     return dxp[:, pt : pt + H, pl : pl + W, :]
 
@@ -237,12 +254,11 @@ def _maxpool_bwd_tiled_ser(dout, argmax, PH, PW, dx):
         _maxpool_bwd_tiled_image(dout, argmax, n, PH, PW, dx)
 
 
-def maxpool2d_forward_numba(x, pool_size, strides, pads, out_hw, workspace=None, reuse_output=False):
+def maxpool2d_forward_numba(x, pool_size, strides, pads, out_hw, ws=None):
     """Max-pool forward (Numba); same arguments, result and cache as the twin.
 
-    ``workspace``: a caller-owned dict where the int32 argmax buffer is reused while the
-    shapes stay the same (the cache then refers to it until the next call).
-    ``reuse_output``: the output too is a workspace buffer, overwritten by the next call.
+    With a ``ws`` the output is its buffer "pool.out" and the cache's int32 argmax its buffer
+    "pool.argmax", both overwritten by the next call with the same ``ws``; with None, fresh arrays.
     """
     N, H, W, C = x.shape
     PH, PW = pool_size
@@ -251,25 +267,33 @@ def maxpool2d_forward_numba(x, pool_size, strides, pads, out_hw, workspace=None,
     pt, pb, pl, pr = pads
     x = np.ascontiguousarray(x)
     shape = (N, OH, OW, C)
-    out = buffer(workspace if reuse_output else None, "out", shape, x.dtype)
-    argmax = buffer(workspace, "argmax", (N, OH, OW, C), np.int32)
-    fn = _maxpool_fwd_par if run_parallel(x.size) else _maxpool_fwd_ser
+    out = buffer(ws, "pool.out", shape, x.dtype)
+    argmax = buffer(ws, "pool.argmax", shape, np.int32)
+    fn = _maxpool_fwd_par if run_parallel(x.size, ws) else _maxpool_fwd_ser
     fn(x, PH, PW, SH, SW, pt, pl, out, argmax)
-    return out, (x.shape, argmax, pool_size, strides, pads, out_hw)
+    return out, PoolCache(x.shape, argmax, pool_size, strides, pads, out_hw)
 
 
-def maxpool2d_backward_numba(dout, cache, workspace=None):
-    """Max-pool backward (Numba); same arguments and result as the twin. ``dout`` is never written.
+def maxpool2d_backward_numba(dy, cache, ws=None):
+    """Max-pool backward (Numba); same arguments and result as the twin. ``dy`` is never written.
 
-    ``workspace``: when given, dx is its buffer "pool_dx" (overwritten by the next call).
+    With a ``ws``, dx (N, H, W, C) is its buffer "pool.dx" (overwritten by the next call with
+    the same ``ws``); with None a fresh array.
     """
     x_shape, argmax, (PH, PW), (SH, SW), (pt, pb, pl, pr), (OH, OW) = cache
-    dx = buffer(workspace, "pool_dx", x_shape, dout.dtype)  # workspace None: a new array
-    dout = np.ascontiguousarray(dout)
+    dx = buffer(ws, "pool.dx", x_shape, dy.dtype)
+    dy = np.ascontiguousarray(dy)
     if (SH, SW) == (PH, PW) and not any((pt, pb, pl, pr)):  # windows tile the image ('valid' 2x2 / 2)
-        fn = _maxpool_bwd_tiled_par if run_parallel(dx.size) else _maxpool_bwd_tiled_ser
-        fn(dout, argmax, PH, PW, dx)
+        fn = _maxpool_bwd_tiled_par if run_parallel(dx.size, ws) else _maxpool_bwd_tiled_ser
+        fn(dy, argmax, PH, PW, dx)
     else:
-        fn = _maxpool_bwd_par if run_parallel(dx.size) else _maxpool_bwd_ser
-        fn(dout, argmax, PW, SH, SW, pt, pl, dx)
+        fn = _maxpool_bwd_par if run_parallel(dx.size, ws) else _maxpool_bwd_ser
+        fn(dy, argmax, PW, SH, SW, pt, pl, dx)
     return dx
+
+
+# name -> (NumPy twin, Numba version), registered by npcnn.kernels (see registry.py)
+KERNELS = {
+    "maxpool2d_forward": (maxpool2d_forward_numpy, maxpool2d_forward_numba),
+    "maxpool2d_backward": (maxpool2d_backward_numpy, maxpool2d_backward_numba),
+}

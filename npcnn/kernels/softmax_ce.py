@@ -15,11 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def sparse_softmax_ce_numpy(logits, labels):
+def sparse_softmax_ce_numpy(logits, labels, ws=None):
     """Fused softmax + sparse cross-entropy (readable twin).
 
     Args:
-        logits: (N, K) float. labels: (N,) integer in [0, K).
+        logits: (N, K) float. labels: (N,) integer in [0, K). ws: ignored by the twin.
     Returns:
         loss: scalar mean over the batch (same float type as logits),
         dlogits: (N, K) = (softmax(logits) - onehot(labels)) / N.
@@ -36,11 +36,17 @@ def sparse_softmax_ce_numpy(logits, labels):
     return logits.dtype.type(loss), dlogits
 
 
-def sparse_ce_from_probs_numpy(probs, labels, epsilon=1e-7):
+def sparse_ce_from_probs_numpy(probs, labels, epsilon=1e-7, ws=None):
     """Sparse cross-entropy on probabilities (from_logits=False without a fused softmax).
 
-    Keras clips probabilities to [epsilon, 1 - epsilon] before the log.
-    Args: probs (N, K), labels (N,). Returns: loss (scalar), dprobs (N, K).
+    Keras clips probabilities to [epsilon, 1 - epsilon] before the log; the gradient is 0 where
+    the clip is active.
+
+    Args:
+        probs: (N, K) float. labels: (N,) integer in [0, K). epsilon: the clip.
+        ws: ignored by the twin.
+    Returns:
+        loss: scalar mean over the batch (same float type as probs), dprobs: (N, K).
     """
     N = probs.shape[0]
     rows = np.arange(N)
@@ -53,11 +59,15 @@ def sparse_ce_from_probs_numpy(probs, labels, epsilon=1e-7):
     return probs.dtype.type(loss), dprobs
 
 
-# --------------------------------------------------------------------------- Numba version
+# --------------------------------------------------------------------------- Numba versions
 # One pass per row (rows are independent; K is small, N at most a few hundred, so the
-# loop is serial: thread start-up would cost more than the work).
+# loop is serial: thread start-up would cost more than the work, and the loss is one
+# sequential float64 sum, the same for every thread count). The gradients are ``ws`` buffers
+# "sparse_softmax_ce.dlogits" and "sparse_ce_from_probs.dprobs".
 
 from numba import njit  # noqa: E402
+
+from npcnn.kernels.workspace import buffer  # noqa: E402
 
 
 @njit(cache=True, nogil=True)
@@ -82,10 +92,54 @@ def _softmax_ce_nb(z, labels, dz):
     return total / N
 
 
-def sparse_softmax_ce_numba(logits, labels):
-    """Fused softmax + sparse cross-entropy (Numba); same arguments and results as the twin."""
+@njit(cache=True, nogil=True, error_model="numpy")  # an empty batch gives NaN, as the twin's mean
+def _ce_from_probs_nb(probs, labels, lo, hi, nf, one, dprobs):
+    """Loss and dprobs (zeroed, then -1 / (N * clip(p)) at each label where the clip is inactive);
+    lo, hi, nf = N and one in the arrays' precision, as NumPy computes the twin."""
+    N, K = probs.shape
+    total = 0.0
+    for n in range(N):
+        for k in range(K):
+            dprobs[n, k] = 0
+        q = probs[n, labels[n]]
+        c = q
+        if c < lo:
+            c = lo
+        if c > hi:
+            c = hi
+        total += np.log(c)
+        if q > lo and q < hi:
+            dprobs[n, labels[n]] = -one / (nf * c)
+    return -(total / N)
+
+
+def sparse_softmax_ce_numba(logits, labels, ws=None):
+    """Fused softmax + sparse cross-entropy (Numba); same arguments and results as the twin.
+
+    With a ``ws``, dlogits (N, K) is its buffer "sparse_softmax_ce.dlogits".
+    """
     logits = np.ascontiguousarray(logits)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
-    dlogits = np.empty_like(logits)
+    dlogits = buffer(ws, "sparse_softmax_ce.dlogits", logits.shape, logits.dtype)
     loss = _softmax_ce_nb(logits, labels, dlogits)
     return logits.dtype.type(loss), dlogits
+
+
+def sparse_ce_from_probs_numba(probs, labels, epsilon=1e-7, ws=None):
+    """Sparse cross-entropy on probabilities (Numba); same arguments and results as the twin.
+
+    With a ``ws``, dprobs (N, K) is its buffer "sparse_ce_from_probs.dprobs".
+    """
+    probs = np.ascontiguousarray(probs)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    dprobs = buffer(ws, "sparse_ce_from_probs.dprobs", probs.shape, probs.dtype)
+    t = probs.dtype.type
+    loss = _ce_from_probs_nb(probs, labels, t(epsilon), t(1 - epsilon), t(probs.shape[0]), t(1), dprobs)
+    return t(loss), dprobs
+
+
+# name -> (NumPy twin, Numba version), registered by npcnn.kernels (see registry.py)
+KERNELS = {
+    "sparse_softmax_ce": (sparse_softmax_ce_numpy, sparse_softmax_ce_numba),
+    "sparse_ce_from_probs": (sparse_ce_from_probs_numpy, sparse_ce_from_probs_numba),
+}
