@@ -1,0 +1,408 @@
+"""Weights and histories on disk: the names, the checked reader and the atomic writer, in one place.
+
+Every weight has a name ``"<layer>/<key>"`` (``"conv2d/kernel"``, ``"batch_normalization/moving_mean"``)
+and a place in Keras's order: layer by layer, first the trained ``params`` (kernel, bias), then the
+saved-but-untrained ``buffers`` (Keras's non-trainable weights). :func:`weight_entries` lists them;
+``get_weights``/``set_weights`` (lists), ``save_weights``/``load_weights`` (``.npz`` files) and the
+training checkpoints (:mod:`npcnn.checkpoint`) all go through this module, so they agree on names,
+order and checks:
+
+* **files**: :func:`read_npz` opens only ``.npz`` archives of plain arrays (never unpickles), reads each
+  member's ``.npy`` header from the zip first and refuses one that declares more bytes than the archive
+  can hold, before anything is allocated; :func:`write_npz` writes to a temporary file renamed over the
+  target (a crash leaves the old file or the new one);
+* **values**: every array must hold numbers, have exactly the expected shape and be finite; float
+  values beyond float32's range are refused for float32 weights (they would become Inf);
+* **all or nothing**: every problem is listed in one error, and nothing is changed unless all pass.
+
+This module imports neither :mod:`npcnn.models` nor :mod:`npcnn.layers` (they import it).
+
+Example::
+
+    from npcnn import saving
+    saving.save_weights(model, "w.npz")
+    saving.load_weights(other, "w.npz")          # ValueError listing every mismatch by name
+    [name for name, _, _ in saving.weight_entries(model)]   # ['conv2d/kernel', 'conv2d/bias', ...]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+from zlib import error as zlib_error
+
+import numpy as np
+
+from npcnn.utils import atomic_write
+
+NUMERIC_KINDS = "biuf"
+WEIGHTS_FILE = "an npcnn weights file (.npz written by save_weights)"
+# Deflate expands at most ~1032:1; a member whose directory entry claims more is forged or corrupt.
+_MAX_DEFLATE_RATIO = 1100
+
+
+class _Refused(Exception):
+    """Internal: why :func:`read_npz` refuses a file (turned into the caller's error)."""
+
+
+# ---------------------------------------------------------------------------------------------- names
+def layer_weight_entries(layer):
+    """[(key, array, trainable)] of one layer: its ``params`` (trainable), then its ``buffers`` (not)."""
+    entries = [(key, p, True) for key, p in layer.params.items()]
+    entries += [(key, b, False) for key, b in getattr(layer, "buffers", {}).items()]
+    return entries
+
+
+def weight_entries(model):
+    """[(name, array, trainable)] of every weight of ``model``, in Keras order, ``name = "<layer>/<key>"``.
+
+    The arrays are the model's own (not copies): layer by layer, the trained ``params`` first, then the
+    ``buffers`` (saved but not trained, e.g. BatchNormalization's moving statistics).
+    """
+    return [(f"{layer.name}/{key}", arr, trainable)
+            for layer in model.layers for key, arr, trainable in layer_weight_entries(layer)]
+
+
+# --------------------------------------------------------------------------------------------- values
+def value_problem(a, dtype=None):
+    """Why the numeric array ``a`` cannot become a weight of ``dtype``, or None.
+
+    NaN or Inf anywhere, or (for a float32 target) float values beyond float32's range, which the
+    conversion would turn into Inf. One min/max pass; NaN propagates through both.
+    """
+    a = np.asarray(a)
+    if a.dtype.kind != "f" or a.size == 0:
+        return None
+    lo, hi = a.min(), a.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "contains NaN or Inf"
+    if dtype is not None:
+        dtype = np.dtype(dtype)
+        if dtype.kind == "f" and a.dtype.itemsize > dtype.itemsize:
+            limit = float(np.finfo(dtype).max)
+            if max(-float(lo), float(hi)) > limit:
+                shown = f"{limit:.2g}".replace("e+", "e")
+                return f"holds values beyond {dtype.name}'s range (|x| > {shown})"
+    return None
+
+
+def check_weight_list(weights, expected, where):
+    """Check a list of weight arrays against ``expected``; return them as arrays.
+
+    Args:
+        weights: a list (any iterable but an array) of array-likes.
+        expected: [(label, shape)] or [(label, shape, dtype)], one per weight, in order; with a dtype,
+            float values beyond its range are refused too.
+        where: the caller, for the messages (e.g. ``"set_weights"``).
+    Raises:
+        ValueError: every problem in one message: a wrong count, each wrong shape (by label), each array
+            holding NaN/Inf or values beyond the target's range.
+        TypeError: ``weights`` is not a list, or an array does not hold numbers.
+    """
+    if isinstance(weights, np.ndarray) or not hasattr(weights, "__iter__"):
+        raise TypeError(f"{where}: weights must be a list of arrays, got {type(weights).__name__}")
+    weights = list(weights)
+    expected = [tuple(e) + (None,) * (3 - len(e)) for e in expected]
+    problems = []
+    if len(weights) != len(expected):
+        problems.append(f"expected {len(expected)} arrays, got {len(weights)}")
+    arrays = []
+    for i, ((label, shape, dtype), w) in enumerate(zip(expected, weights)):
+        try:
+            a = np.asarray(w)
+        except Exception as e:  # ragged lists and the like
+            raise TypeError(f"{where}: array {i} ({label}) is not an array: {e}") from None
+        if a.dtype.kind not in NUMERIC_KINDS:
+            raise TypeError(f"{where}: array {i} ({label}) must hold numbers, got dtype {a.dtype}")
+        if a.shape != tuple(shape):
+            problems.append(f"array {i} ({label}): expected shape {tuple(shape)}, got {a.shape}")
+        else:
+            why = value_problem(a, dtype)
+            if why:
+                problems.append(f"array {i} ({label}): {why}")
+        arrays.append(a)
+    if len(weights) < len(expected):
+        problems += [f"array {i} ({label}, shape {tuple(shape)}): missing"
+                     for i, (label, shape, _) in enumerate(expected[len(weights):], start=len(weights))]
+    if len(weights) > len(expected):
+        problems += [f"array {i}: unexpected (shape {np.shape(w)}), the model has no weight for it"
+                     for i, w in enumerate(weights[len(expected):], start=len(expected))]
+    if problems:
+        raise ValueError(f"{where}: weights do not match:\n  " + "\n  ".join(problems))
+    return arrays
+
+
+def weight_dict_problems(stored, entries, prefix="", shape_words="expected shape {expected}, got {got}"):
+    """Problems of ``stored`` {name: array} as the values of ``entries`` [(name, array, trainable)].
+
+    One line per problem, naming the weight: missing, unexpected, wrong shape, not numbers, NaN/Inf,
+    beyond the target dtype's range. ``prefix`` starts each line's name (e.g. ``"weights "``);
+    ``shape_words`` words a shape mismatch.
+    """
+    problems = []
+    for name, p, _ in entries:
+        if name not in stored:
+            problems.append(f"missing {prefix}{name} (shape {p.shape})")
+            continue
+        a = stored[name]
+        if np.shape(a) != p.shape:
+            problems.append(f"{prefix}{name}: " + shape_words.format(expected=p.shape, got=np.shape(a)))
+        elif np.asarray(a).dtype.kind not in NUMERIC_KINDS:
+            problems.append(f"{prefix}{name}: expected numbers, got dtype {np.asarray(a).dtype}")
+        else:
+            why = value_problem(a, p.dtype)
+            if why:
+                problems.append(f"{prefix}{name}: {why}")
+    names = {name for name, _, _ in entries}
+    problems += [f"unexpected {prefix}{k} (shape {np.shape(v)})" for k, v in stored.items() if k not in names]
+    return problems
+
+
+# ------------------------------------------------------------------------------------- lists (layers)
+def get_layer_weights(layer):
+    """Copies of one layer's weights in Keras order (params, then buffers)."""
+    return [a.copy() for _, a, _ in layer_weight_entries(layer)]
+
+
+def set_layer_weights(layer, weights):
+    """Copy ``weights`` (Keras order and layouts) into one built layer, all or nothing.
+
+    Raises:
+        ValueError: not built; or a wrong count, shapes, non-finite or out-of-range values (all listed).
+        TypeError: ``weights`` is not a list of numeric arrays.
+    """
+    label = f"{type(layer).__name__} {layer.name!r}" if layer.name else type(layer).__name__
+    if not layer.built:
+        raise ValueError(f"{label}.set_weights: the layer is not built yet (its weights do not exist)")
+    entries = layer_weight_entries(layer)
+    expected = [(f"layer {layer.name!r} {key}", a.shape, a.dtype) for key, a, _ in entries]
+    arrays = check_weight_list(weights, expected, f"{label}.set_weights")
+    for (_, a, _), w in zip(entries, arrays):
+        a[...] = w
+
+
+# ------------------------------------------------------------------------------------- lists (models)
+def get_weights(model):
+    """Copies of every weight of ``model``, in Keras order and layouts (Conv2D (KH, KW, C, F), Dense (D, U))."""
+    return [a.copy() for _, a, _ in weight_entries(model)]
+
+
+def set_weights(model, weights):
+    """Copy a list of arrays (Keras order and layouts, as :func:`get_weights` gives) into ``model``.
+
+    Raises:
+        NotBuiltError: the model is not built.
+        ValueError: wrong count, shapes, NaN/Inf or out-of-range values; every mismatch is listed by
+            layer, and nothing is changed.
+        TypeError: not a list of numeric arrays.
+    """
+    model._require_built("set_weights")
+    entries = []
+    for layer in model.layers:
+        entries += [(f"layer {layer.name!r} {key}", a) for key, a, _ in layer_weight_entries(layer)]
+    arrays = check_weight_list(weights, [(label, a.shape, a.dtype) for label, a in entries], "set_weights")
+    for (_, a), w in zip(entries, arrays):
+        a[...] = w
+
+
+def assign_weight_dict(model, stored, where):
+    """Copy ``stored`` {"<layer>/<key>": array} into ``model``, all or nothing.
+
+    Raises:
+        ValueError: ``"{where}: weights do not match the model:"`` and one line per problem (missing,
+            unexpected, shape, dtype, NaN/Inf, beyond float32's range); nothing is changed.
+    """
+    entries = weight_entries(model)
+    problems = weight_dict_problems(stored, entries)
+    if problems:
+        raise ValueError(f"{where}: weights do not match the model:\n  " + "\n  ".join(problems))
+    for name, a, _ in entries:
+        a[...] = stored[name]
+
+
+# -------------------------------------------------------------------------------------------- files
+def save_weights(model, filepath):
+    """Write every weight of ``model`` to an .npz file (no pickle), atomically: temporary file, then rename.
+
+    Members are named ``"<layer>/<key>"``; buffers are saved too.
+    """
+    model._require_built("save_weights")
+    return write_npz(filepath, {name: a for name, a, _ in weight_entries(model)})
+
+
+def load_weights(model, filepath):
+    """Read weights written by :func:`save_weights` into ``model``; never unpickles; all or nothing.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is truncated, not an .npz archive, holds pickled objects, declares arrays
+            larger than itself, or its arrays do not match the model (every mismatch listed by name).
+            The file is named; nothing is changed.
+    """
+    model._require_built("load_weights")
+    filepath = os.fspath(filepath)
+    stored = read_npz(filepath, "load_weights", WEIGHTS_FILE)
+    assign_weight_dict(model, stored, f"load_weights({filepath!r})")
+
+
+def write_npz(filepath, arrays):
+    """Write ``arrays`` {name: array} to the .npz ``filepath`` atomically (temporary file, fsync, rename).
+
+    Returns:
+        the path written (as a string).
+    """
+    filepath = os.fspath(filepath)
+    with atomic_write(filepath) as f:
+        np.savez(f, **arrays)
+    return filepath
+
+
+def read_npz(filepath, where, what, error=None):
+    """Every array of the .npz ``filepath``, checked before it is read, then read with ``allow_pickle=False``.
+
+    Before any array is allocated, each member's ``.npy`` header is read from the archive: a member
+    that is not an ``.npy`` array, holds Python objects (pickle), or declares a shape whose size does
+    not match the bytes the archive holds for it is refused.
+
+    Args:
+        filepath: the file.
+        where: the caller, first in the messages (``"load_weights"``).
+        what: what the file should be, for the messages (``"an npcnn weights file (...)"``).
+        error: ``error(reason, exc)`` builds the exception to raise instead of the default ValueError
+            (``reason``: why, without the file name; ``exc``: the text of the exception behind it, or None).
+    Raises:
+        FileNotFoundError: no such file (named).
+        ValueError: truncated, not an .npz archive (e.g. a lone .npy, a pickle, a text file), holding
+            object arrays or non-array members, or declaring more data than it holds; the message
+            names the file and says what was expected.
+    """
+    filepath = os.fspath(filepath)
+    if error is None:
+        def error(reason, exc):
+            return ValueError(f"{where}: {filepath!r} is not {what}: {reason}")
+
+    try:
+        return _read_npz(filepath, where)
+    except _Refused as e:
+        reason, exc = e.args
+        raise error(reason, exc) from None
+
+
+def _read_npz(filepath, where):
+    if os.path.isdir(filepath):
+        raise _Refused("it is a directory", None)
+    try:
+        f = open(filepath, "rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where}: no such file: {filepath!r}") from None
+    with f:  # our own handle: NumPy leaks its file when a truncated archive fails to open
+        magic = f.read(4)
+        if magic != b"PK\x03\x04":
+            raise _Refused("a .npy array" if magic.startswith(b"\x93NUM") else "an empty file" if not magic
+                           else "not a zip archive", None)
+        try:
+            f.seek(0)
+            problem = _scan_members(f, os.fstat(f.fileno()).st_size)
+            if problem:
+                raise _Refused(problem, None)
+            f.seek(0)
+            with np.load(f, allow_pickle=False) as data:
+                stored = {k: data[k] for k in data.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib_error,
+                NotImplementedError) as e:
+            exc = f"{type(e).__name__}: {e}"
+            if "pickle" in str(e):
+                raise _Refused("it holds pickled objects, which npcnn never loads", exc) from None
+            raise _Refused(f"truncated or corrupt ({exc})", exc) from None
+    return stored
+
+
+def _scan_members(f, file_size):
+    """Why the zip archive ``f`` is not a plain .npz of sane arrays, or None; reads only headers."""
+    with zipfile.ZipFile(f) as zf:
+        infos = zf.infolist()
+        foreign = [i.filename for i in infos if not i.filename.endswith(".npy")]
+        if foreign:
+            return f"the zip archive holds non-array members {foreign}"
+        for info in infos:
+            name = info.filename
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                return f"member {name!r} uses an unsupported compression (method {info.compress_type})"
+            stored_ok = info.compress_type != zipfile.ZIP_STORED or info.compress_size == info.file_size
+            if not stored_ok or info.compress_size > file_size \
+                    or info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024:
+                return (f"member {name!r} claims {info.file_size:,} bytes in {info.compress_size:,} stored "
+                        f"bytes of a {file_size:,}-byte file: truncated or corrupt")
+            with zf.open(info) as m:
+                version = np.lib.format.read_magic(m)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(m)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(m)
+                else:
+                    return f"member {name!r} is an .npy array of format version {version}, which npcnn does not read"
+                header = m.tell()
+            if dtype.hasobject:
+                return "it holds pickled objects, which npcnn never loads"
+            if any(d < 0 for d in shape):
+                return f"member {name!r} declares the shape {shape}: truncated or corrupt"
+            declared = math.prod(shape) * dtype.itemsize
+            held = info.file_size - header
+            if declared != held:
+                return (f"member {name!r} declares shape {shape} of {dtype} ({declared:,} bytes) but holds "
+                        f"{held:,} bytes: truncated or corrupt")
+    return None
+
+
+# ------------------------------------------------------------------------------------------ history
+def save_history(history, path):
+    """Write a History (or a dict of per-epoch lists) to ``path`` as JSON, atomically:
+    ``{'epoch': [...], 'history': {...}}``. Returns the path."""
+    h = getattr(history, "history", history)
+    epochs = list(getattr(history, "epoch", range(len(next(iter(h.values()), [])))))
+    data = {"epoch": [int(e) for e in epochs],
+            "history": {k: [float(v) for v in vals] for k, vals in h.items()}}
+    path = os.fspath(path)
+    with atomic_write(path, "w") as f:
+        json.dump(data, f, indent=1, allow_nan=True)
+    return path
+
+
+def load_history(path):
+    """Read a history: JSON written by :func:`save_history` (or a plain {'loss': [...], ...} dict), or the
+    history inside a training checkpoint ``.npz`` (:mod:`npcnn.checkpoint`).
+
+    Returns:
+        the dict of per-epoch lists, like ``History.history``.
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file holds no history (names it).
+    """
+    path = os.fspath(path)
+    if path.endswith(".npz"):
+        arrays = read_npz(path, "load_history", "an npcnn training checkpoint (.npz)")
+        meta = arrays.get("meta")
+        try:
+            data = json.loads(str(meta)) if meta is not None and meta.dtype.kind == "U" else None
+        except ValueError:
+            data = None
+        data = data.get("history") if isinstance(data, dict) else None
+    else:
+        with open(path) as f:
+            try:
+                data = json.load(f)
+            except ValueError as e:
+                raise ValueError(f"load_history: {path!r} is not JSON ({e})") from None
+        if isinstance(data, dict) and isinstance(data.get("history"), dict):
+            data = data["history"]
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise ValueError(f"load_history: {path!r} does not hold a history (a dict of per-epoch lists)")
+    return data
+
+
+__all__ = ["weight_entries", "layer_weight_entries", "check_weight_list", "value_problem", "weight_dict_problems",
+           "get_weights", "set_weights", "get_layer_weights", "set_layer_weights", "assign_weight_dict",
+           "save_weights", "load_weights", "read_npz", "write_npz", "save_history",
+           "load_history", "WEIGHTS_FILE"]
