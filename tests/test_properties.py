@@ -3,7 +3,8 @@
 For every drawn geometry, on both backends:
 * the layer passes the float64 central-difference gradient check (``npcnn.gradcheck.check_layer``);
 * the Numba and NumPy kernels, called through the dispatchers in ``npcnn.kernels``, agree on the
-  forward output and on every backward gradient (float32: relative error below 1e-5);
+  forward output and on every backward gradient (float32: relative error below 1e-5): conv,
+  max-pool, and Dense followed by each activation (with a Workspace per kernel user);
 * a 'valid' geometry whose output would be empty is refused by the layer with a ValueError that
   names the shapes, before any kernel runs.
 
@@ -129,6 +130,31 @@ def test_pool_backends_agree(geo, same_strides, seed):
     np.testing.assert_allclose(grads["numpy"], grads["numba"], rtol=1e-6, atol=1e-6)
     # every upstream value lands on exactly one input: the totals agree
     np.testing.assert_allclose(grads["numpy"].sum(), dy.sum(), rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=20, **SETTINGS)
+@given(n=st.integers(1, 8), d=st.integers(1, 20), u=st.integers(1, 6), use_bias=st.booleans(),
+       act=st.sampled_from(["relu", "sigmoid", "tanh", "softmax"]), seed=st.integers(0, 2**16))
+def test_dense_and_activation_backends_agree(n, d, u, use_bias, act, seed):
+    """Dense followed by an activation, through the dispatchers, each backend with its own Workspace."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    w = rng.standard_normal((d, u)).astype(np.float32)
+    b = rng.standard_normal(u).astype(np.float32) if use_bias else None
+    dy = rng.standard_normal((n, u)).astype(np.float32)
+    results = {}
+    for backend in BACKENDS:
+        ws_dense, ws_act = K.Workspace(), K.Workspace()
+        with npcnn.use_backend(backend):
+            z, dcache = K.dense_forward(x, w, b, ws=ws_dense)
+            y, acache = getattr(K, f"{act}_forward")(z, ws=ws_act)
+            dz = getattr(K, f"{act}_backward")(dy, acache, ws=ws_act)
+            grads = K.dense_backward(dz, dcache, True, ws=ws_dense)
+        results[backend] = [y, *grads]
+        assert all(r.dtype == np.float32 for r in results[backend])
+    for a, c in zip(results["numpy"], results["numba"]):
+        assert a.shape == c.shape
+        assert rel_err(a, c) < 1e-5
 
 
 # ----------------------------------------------------------------------------- empty outputs are refused
