@@ -1,11 +1,11 @@
 """Training curves and per-layer gradient norms from a saved history (PNG).
 
 Plots loss and accuracy per epoch (training and validation), and, when the history holds them,
-the per-layer gradient norms logged by :class:`npcnn.inspect.GradientNormLogger`
+the per-layer gradient norms logged by :class:`npcnn.introspect.GradientNormLogger`
 ('grad_norm/<layer>/kernel', log scale) and the weight norms. Gradients that differ by orders of magnitude
 between the first and the last layers, or that collapse or blow up from epoch to epoch, are what to look for.
 
-``--history`` reads a saved history: JSON written by ``npcnn.inspect.save_history`` or a training
+``--history`` reads a saved history: JSON written by ``npcnn.introspect.save_history`` or a training
 checkpoint ``.npz`` (``npcnn.checkpoint``). Without it, the script makes one: it trains the tutorial model
 on the CIFAR-10 sample bundled with npcnn with a GradientNormLogger and saves the history to
 ``--save-history`` first.
@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from npcnn.inspect import GradientNormLogger, gradient_norms, load_history, save_history
+from npcnn.introspect import GradientNormLogger, gradient_norms, load_history, save_history
 from npcnn.utils import pyplot
 
 

@@ -18,7 +18,7 @@ import argparse
 import numpy as np
 
 from npcnn.gradcheck import seed_model
-from npcnn.inspect import format_trace
+from npcnn.introspect import format_trace
 from npcnn.utils import set_random_seed
 
 

@@ -99,16 +99,26 @@ def spread_input(shape, rng, away_from_zero=True):
 
 
 def _to_float64(layer):
-    for key, p in layer.params.items():
-        layer.params[key] = p.astype(np.float64)
+    for store in (layer.params, layer.buffers):
+        for key, a in store.items():
+            store[key] = a.astype(np.float64)
     if getattr(layer, "activation", None) is not None:
         _to_float64(layer.activation)
     layer.dtype = np.dtype(np.float64)
 
 
+def _has_op(layer):
+    from npcnn.layers.base import Layer
+
+    return type(layer).forward_op is not Layer.forward_op
+
+
 def check_layer(layer, input_shape, batch_size=2, seed=0, eps=EPS, max_checks=None, x=None,
                 threshold=THRESHOLD, verbose=False):
     """Check one layer's backward (input and every parameter) against central differences.
+
+    Both sides evaluate the training-mode function with the same frozen context (one step seed, so
+    a random layer draws the same mask every time); the declared buffer updates are never applied.
 
     Args:
         layer: an npcnn layer (built or not); a float64 deep copy is checked, ``layer`` is unchanged.
@@ -119,26 +129,36 @@ def check_layer(layer, input_shape, batch_size=2, seed=0, eps=EPS, max_checks=No
     Returns:
         list of :class:`CheckResult`, one per tensor ('input', then each parameter).
     """
+    from npcnn.layers.base import Context, LayerState
+
     rng = np.random.default_rng(seed)
     layer = copy.deepcopy(layer)
     if not layer.built:
         layer.build(tuple(input_shape))
     _to_float64(layer)
-    layer.need_input_grad = True
     if x is None:
         x = spread_input((batch_size,) + tuple(input_shape), rng)
     x = np.array(x, dtype=np.float64)
-    y = layer.forward(x, training=True)
+    ctx = Context(True, seed=seed, batch_size=len(x))
+    act = layer.activation
+
+    def run(op_st, act_st):
+        y = layer.forward_op(x, op_st, ctx) if _has_op(layer) else x
+        return act.forward_op(y, act_st, ctx) if act is not None else y
+
+    op_st, act_st = LayerState(), LayerState()
+    y = run(op_st, act_st)
     dy = rng.standard_normal(y.shape)
     dy_before = dy.copy()
-    dx = layer.backward(dy)
+    d = act.backward_op(dy, act_st, ctx) if act is not None else dy
+    dx = layer.backward_op(d, op_st, ctx) if _has_op(layer) else d
     if not np.array_equal(dy, dy_before):
         raise AssertionError(f"{layer.name or type(layer).__name__}.backward wrote into its upstream gradient")
     analytic = {"input": dx}
-    analytic.update({k: g.copy() for k, g in layer.grads.items()})
+    analytic.update({k: g.copy() for k, g in op_st.grads.items()})
 
     def f():
-        return float(np.sum(layer.forward(x, training=False) * dy))
+        return float(np.sum(run(LayerState(), LayerState()) * dy))
 
     name = layer.name or type(layer).__name__
     results = []
@@ -158,6 +178,9 @@ def check_layer(layer, input_shape, batch_size=2, seed=0, eps=EPS, max_checks=No
 def check_model(model, x, y, eps=EPS, max_checks=30, seed=0, threshold=THRESHOLD, verbose=False):
     """Check d loss / d params for every parameter of a compiled Sequential (float64 deep copy).
 
+    The model runs its own plan (fused steps and the loss head included, as ``fit`` runs it), in
+    training mode on both sides with one frozen context; buffer updates are not applied.
+
     Args:
         model: a compiled, built :class:`npcnn.models.Sequential` (left unchanged).
         x: (N,) + input_shape inputs. y: (N,) integer labels.
@@ -165,27 +188,31 @@ def check_model(model, x, y, eps=EPS, max_checks=30, seed=0, threshold=THRESHOLD
     Returns:
         list of :class:`CheckResult`, one per parameter tensor.
     """
+    from npcnn import losses as losses_mod
+    from npcnn.layers.base import Context
+
     rng = np.random.default_rng(seed)
     model = copy.deepcopy(model)
     for layer in model.layers:
         _to_float64(layer)
     x = np.asarray(x, dtype=np.float64)
     labels = np.asarray(y).reshape(-1).astype(np.int64)
-    fused = model._fused
-    out = model.forward(x, training=True, logits=fused)
-    _, dout = model.loss.compute(out, labels, logits=fused)
-    model.backward(dout, logits=fused)
+    plan = model.plan
+    ctx = Context(True, seed=seed, batch_size=len(x))
+    states = plan.new_states(workspaces=False)
+    plan.loss_and_grad(x, labels, states, ctx)
+    grads = dict(zip(map(id, plan.param_layers), plan.grads(states)))
 
     def f():
-        out = model.forward(x, training=False, logits=fused)
-        return float(model.loss.compute(out, labels, logits=fused)[0])
+        out = plan.forward(x, plan.new_states(workspaces=False), ctx, logits=plan.logits_loss)
+        return float(losses_mod.unchecked_compute(model.loss)(out, labels, logits=plan.logits_loss)[0])
 
     results = []
     for layer in model.layers:
-        for key, p in layer.params.items():
+        for j, (key, p) in enumerate(layer.params.items()):
             idx = _sample(p.size, max_checks, rng)
             num = numerical_gradient(f, p, eps, idx)
-            a = layer.grads[key]
+            a = grads[id(layer)][j]
             if idx is not None:
                 a, num = a.reshape(-1)[idx], num.reshape(-1)[idx]
             results.append(CheckResult(layer.name, key, tuple(p.shape), relative_error(a, num), threshold))

@@ -1,16 +1,18 @@
 """Sequential: a Keras-compatible stack of layers that owns the training loop.
 
-Data flows one way: ``forward`` through the layers, the loss, ``backward``
-through the layers in reverse (each fills its ``grads``), then the optimizer
-updates every parameter in place.
+Data flows one way: the model's plan (:mod:`npcnn.plan`) runs its steps forward, the loss head
+computes the loss and its gradient, the steps run backward in reverse (each fills its state's
+``grads``), the shards' gradients are summed, then the optimizer updates every parameter in place
+and the declared buffer updates are applied.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import zipfile
-from zlib import error as zlib_error
+import threading
+import weakref
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -18,15 +20,13 @@ from npcnn import callbacks as cbks
 from npcnn import kernels as K
 from npcnn import losses as losses_mod
 from npcnn import optimizers as optimizers_mod
-from npcnn import parallel
-from npcnn.layers.base import Layer, _check_input_shape, check_weight_list
-from npcnn.layers.convolutional import Conv2D
-from npcnn.layers.core import Softmax
-from npcnn.layers.pooling import MaxPooling2D
+from npcnn import parallel, saving
+from npcnn import plan as plan_mod
+from npcnn.layers.base import Context, Layer, _check_input_shape
+from npcnn.threads import get_num_threads
 from npcnn.utils import (
     NotBuiltError,
     NotCompiledError,
-    atomic_write,
     check_verbose,
     did_you_mean,
     get_rng,
@@ -34,11 +34,30 @@ from npcnn.utils import (
 )
 
 _NUMERIC_KINDS = "biuf"
+_METRICS = ("accuracy", "acc", "sparse_categorical_accuracy")  # all the same for sparse labels
+_MODELS = weakref.WeakSet()  # every model, so a forked child gets fresh locks
 
 
 def _snake(name):
     s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
+
+
+def _check_fits(layer, shape):
+    """Raise ValueError if ``layer`` was built for another input shape than ``shape``."""
+    if layer.built and tuple(layer.built_input_shape) != tuple(shape):
+        raise ValueError(f"it was built for inputs of shape {layer.built_input_shape}, but here it receives "
+                         f"{tuple(shape)}")
+
+
+def _after_fork_in_child():
+    for model in list(_MODELS):
+        model._state_lock = threading.Lock()
+        model._fit_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Sequential:
@@ -53,6 +72,12 @@ class Sequential:
         model.add(Dense(10, activation='softmax'))
         model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])
         history = model.fit(x, y, epochs=10, validation_data=(x_val, y_val))
+
+    How it runs: the layers are compiled once into a :class:`npcnn.plan.Plan` (steps, fused blocks,
+    the loss head); each call runs the plan with per-call state (:class:`npcnn.layers.LayerState`
+    per step) taken from a pool the model keeps, so several threads may call ``predict`` or
+    ``evaluate`` on one model at once and get exactly the results of serial calls. ``fit`` on a
+    model already training in another thread raises ``RuntimeError``.
     """
 
     def __init__(self, layers=None, name="sequential"):
@@ -67,26 +92,66 @@ class Sequential:
         self.stop_training = False
         self.history = None
         self._name_counts = {}
+        self._plan = None
+        self._plan_key = None
+        self._free_states = []  # pooled per-call states (one list of LayerState per step), reused
+        self._last_train = None  # (states, ctx) of the last forward(training=True), for backward()
+        self._locks()
         for layer in layers or []:
             self.add(layer)
 
+    def _locks(self):
+        self._state_lock = threading.Lock()
+        self._fit_lock = threading.Lock()
+        _MODELS.add(self)
+
+    def __getstate__(self):  # copy/deepcopy/pickle: weights and settings, no locks or run states
+        state = dict(vars(self))
+        for k in ("_state_lock", "_fit_lock", "_free_states", "_last_train", "_plan", "_plan_key"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state):
+        vars(self).update(state)
+        self._plan = self._plan_key = self._last_train = None
+        self._free_states = []
+        self._locks()
+
     # ------------------------------------------------------------------ building
     def add(self, layer):
-        """Append a layer; build it at once if the input shape is known."""
+        """Append a layer; build it at once if the input shape is known. A failed add changes nothing.
+
+        Raises:
+            TypeError: not an npcnn layer.
+            ValueError: a duplicate name, or the layer does not fit the previous layer's output.
+        """
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add expects an npcnn layer, got {layer!r} ({type(layer).__name__})")
-        if layer.name is None:
+        if any(existing is layer for existing in self.layers):
+            raise ValueError(f"Sequential.add: layer {layer.name!r} is already in the model (add a new instance)")
+        name, counts = layer.name, dict(self._name_counts)
+        if name is None:
             base = _snake(type(layer).__name__)
-            n = self._name_counts.get(base, 0)
-            layer.name = base if n == 0 else f"{base}_{n}"
-            self._name_counts[base] = n + 1
-        if any(existing.name == layer.name for existing in self.layers):
-            raise ValueError(f"Sequential.add: a layer named {layer.name!r} is already in the model")
+            n = counts.get(base, 0)
+            name = base if n == 0 else f"{base}_{n}"
+            counts[base] = n + 1
+        if any(existing.name == name for existing in self.layers):
+            raise ValueError(f"Sequential.add: a layer named {name!r} is already in the model")
+        input_shape = self.input_shape
         if not self.layers and layer.input_shape is not None:
-            self.input_shape = layer.input_shape
+            input_shape = layer.input_shape
+        if input_shape is not None:
+            shape = input_shape if not self.layers else self.layers[-1].output_shape
+            try:
+                _check_fits(layer, shape)
+                out = layer.build(shape) if not layer.built else layer.compute_output_shape(shape)
+            except ValueError as e:
+                raise ValueError(f"layer {name!r} ({type(layer).__name__}): {e}") from None
+            self.output_shape = tuple(out)
+        layer.name = name
+        self._name_counts = counts
+        self.input_shape = input_shape
         self.layers.append(layer)
-        if self.input_shape is not None:
-            self._build_from(len(self.layers) - 1)
 
     def build(self, input_shape):
         """Build every layer for inputs of shape ``input_shape`` (with or without a leading None)."""
@@ -109,22 +174,47 @@ class Sequential:
     def _build_from(self, start):
         shape = self.input_shape if start == 0 else self.layers[start - 1].output_shape
         for layer in self.layers[start:]:
-            if layer.built and tuple(layer.built_input_shape) != tuple(shape):
-                raise ValueError(
-                    f"layer {layer.name!r} ({type(layer).__name__}) was built for inputs of shape "
-                    f"{layer.built_input_shape}, but here it receives {tuple(shape)}"
-                )
             try:
+                _check_fits(layer, shape)
                 shape = layer.build(shape) if not layer.built else layer.compute_output_shape(shape)
             except ValueError as e:
                 raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}): {e}") from None
-        for i, layer in enumerate(self.layers):
-            layer.need_input_grad = i > 0
         self.output_shape = shape
 
     @property
     def built(self):
         return self.input_shape is not None and all(layer.built for layer in self.layers)
+
+    # ------------------------------------------------------------------ the plan and its states
+    @property
+    def plan(self):
+        """The compiled :class:`npcnn.plan.Plan` (recompiled when the layers, the loss or the fusion
+        switch change)."""
+        key = (tuple((id(layer), id(layer.activation)) for layer in self.layers), id(self.loss), plan_mod.FUSE)
+        if self._plan is None or key != self._plan_key:
+            with self._state_lock:
+                self._plan, self._plan_key = plan_mod.compile_plan(self.layers, self.loss), key
+                self._free_states = []
+                self._last_train = None
+        return self._plan
+
+    @contextmanager
+    def _states(self, plan, count, parallel):
+        """``count`` per-call state lists for ``plan``, from the pool (their workspaces are reused
+        call after call), returned to it afterwards."""
+        with self._state_lock:
+            taken = [self._free_states.pop() for _ in range(min(count, len(self._free_states)))]
+        taken += [plan.new_states() for _ in range(count - len(taken))]
+        for states in taken:
+            for st in states:
+                if st.ws is not None:
+                    st.ws.parallel = parallel
+        try:
+            yield taken
+        finally:
+            with self._state_lock:
+                if self._plan is plan:
+                    self._free_states.extend(taken)
 
     # ------------------------------------------------------------------ weights
     @property
@@ -134,84 +224,52 @@ class Sequential:
 
     @property
     def grads(self):
+        """The gradients of the last training step, aligned with :attr:`params`."""
         return [layer.grads[k] for layer in self.layers for k in layer.params]
 
-    trainable_weights = weights = params
+    trainable_weights = params
+
+    @property
+    def non_trainable_weights(self):
+        """Saved but untrained arrays (e.g. BatchNormalization's moving statistics), in Keras order."""
+        return [b for layer in self.layers for b in layer.buffers.values()]
+
+    @property
+    def weights(self):
+        return [a for layer in self.layers for _, a, _ in layer.weight_items()]
 
     def count_params(self):
         return sum(layer.count_params() for layer in self.layers)
 
     def get_weights(self):
         """Copies of all weights, in Keras order and layouts (Conv2D kernel (KH, KW, C, F), Dense (D, U))."""
-        return [p.copy() for p in self.params]
+        return saving.get_weights(self)
 
     def set_weights(self, weights):
-        """Copy a list of arrays (Keras order and layouts) into the model.
+        """Copy a list of arrays (Keras order and layouts) into the model, all or nothing.
 
         Raises:
-            ValueError: wrong count, shapes or NaN/Inf values; every mismatch is listed by layer,
-                and nothing is changed.
+            ValueError: wrong count, shapes or non-finite values; every mismatch is listed by layer.
             TypeError: not a list of numeric arrays.
         """
-        self._require_built("set_weights")
-        expected = [(f"layer {layer.name!r} {key}", p.shape)
-                    for layer in self.layers for key, p in layer.params.items()]
-        arrays = check_weight_list(weights, expected, "set_weights")
-        for p, w in zip(self.params, arrays):
-            p[...] = w
-
-    def _weight_dict(self):
-        return {f"{layer.name}/{key}": p for layer in self.layers for key, p in layer.params.items()}
+        saving.set_weights(self, weights)
 
     def save_weights(self, filepath):
-        """Write every weight to an .npz file (no pickle), atomically: temporary file, then rename."""
-        self._require_built("save_weights")
-        filepath = os.fspath(filepath)
-        with atomic_write(filepath) as f:
-            np.savez(f, **self._weight_dict())
+        """Write every weight to an .npz file (no pickle), atomically (see :mod:`npcnn.saving`)."""
+        saving.save_weights(self, filepath)
 
     def load_weights(self, filepath):
-        """Read weights written by :meth:`save_weights`; never unpickles; lists every mismatch by layer.
-
-        Raises:
-            FileNotFoundError: no such file.
-            ValueError: the file is truncated, not an .npz archive, holds pickled objects, or its
-                arrays do not match the model (every mismatch listed by layer). The file is named;
-                nothing is changed.
-        """
-        self._require_built("load_weights")
-        filepath = os.fspath(filepath)
-        stored = read_npz(filepath, "load_weights", "an npcnn weights file (.npz written by save_weights)")
-        self._assign_weight_dict(stored, f"load_weights({filepath!r})")
-
-    def _assign_weight_dict(self, stored, where):
-        current = self._weight_dict()
-        problems = []
-        for key, p in current.items():
-            if key not in stored:
-                problems.append(f"missing {key} (shape {p.shape})")
-            elif stored[key].shape != p.shape:
-                problems.append(f"{key}: expected shape {p.shape}, got {stored[key].shape}")
-            elif stored[key].dtype.kind not in "biuf":
-                problems.append(f"{key}: expected numbers, got dtype {stored[key].dtype}")
-            elif not np.isfinite(stored[key]).all():
-                problems.append(f"{key}: contains NaN or Inf")
-        for key in stored:
-            if key not in current:
-                problems.append(f"unexpected {key} (shape {stored[key].shape})")
-        if problems:
-            raise ValueError(f"{where}: weights do not match the model:\n  " + "\n  ".join(problems))
-        for key, p in current.items():
-            p[...] = stored[key]
+        """Read weights written by :meth:`save_weights`, checked whole before any is changed
+        (see :func:`npcnn.saving.load_weights`)."""
+        saving.load_weights(self, filepath)
 
     # ------------------------------------------------------------------ summary
     def summary(self, print_fn=None, batch_size=32):
         """Print Keras's table: Layer (type) | Output Shape | Param #, then the totals.
 
-        A last line gives the memory of the Conv2D layers' im2col columns at ``batch_size``
-        (float32), and the scratch buffers a training step keeps besides (on the Numba backend:
-        the columns' gradients, the ReLU-masked and pooling gradients, the conv + pool op's
-        outputs, the argmax indices; see :meth:`_workspace_bytes`).
+        A last line gives the memory of the im2col columns at ``batch_size`` (float32) and of the
+        other scratch buffers a training step keeps (Numba backend), as each step of the plan
+        reports them (:meth:`npcnn.plan.Plan.workspace_bytes`).
         """
         self._require_built("summary")
         print_fn = print_fn or print
@@ -223,54 +281,25 @@ class Sequential:
             shape = str((None,) + tuple(layer.output_shape))
             rows.append(_row((f"{layer.name} ({type(layer).__name__})", shape, f"{layer.count_params():,}"), width))
             rows.append("=" * sum(width) if i == len(self.layers) - 1 else "")
+        trainable = sum(layer.count_trainable() for layer in self.layers)
         total = self.count_params()
+        fixed = total - trainable
         im2col, train = self._workspace_bytes(batch_size)
         rows += [f"Total params: {total:,} ({_bytes(total * 4)})",
-                 f"Trainable params: {total:,} ({_bytes(total * 4)})",
-                 "Non-trainable params: 0 (0.00 B)",
+                 f"Trainable params: {trainable:,} ({_bytes(trainable * 4)})",
+                 f"Non-trainable params: {fixed:,} ({_bytes(fixed * 4)})",
                  f"im2col columns at batch {batch_size}: {_bytes(im2col)} "
                  f"(a training step keeps {_bytes(train)} more in scratch buffers)", line]
         for r in rows:
             print_fn(r)
 
     def _workspace_bytes(self, batch_size):
-        """(im2col columns, other scratch buffers) in bytes that the layers keep between training
-        steps of ``batch_size`` float32 images on the Numba backend (one thread: with several, the
-        shards share these sizes out). The buffers, by the kernels that fill them:
-
-        * Conv2D: the columns (KH*KW*C per output pixel); their gradient, except in the first
-          layer (no input gradient); with a ReLU and no pooling after it, the masked gradient.
-        * Conv2D + ReLU + MaxPooling2D run as one op (npcnn.kernels.fused): the conv output, the
-          pooled output, the masked pooled gradient, the gradient routed back by the pooling, and
-          (except in the first layer) the input gradient; the pooling's argmax indices.
-        * MaxPooling2D on its own: the argmax indices.
-        """
-        im2col = other = 0
-        shape = tuple(self.input_shape)
-        layers = self.layers
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
-            out = tuple(layer.output_shape)
-            if isinstance(layer, Conv2D):
-                pix = batch_size * out[0] * out[1]
-                cols = pix * layer.kernel_size[0] * layer.kernel_size[1] * shape[-1] * 4
-                im2col += cols
-                other += cols * (i > 0)  # dcols
-                if self._fuses_with_next(i):
-                    nxt = layers[i + 1]
-                    pooled = batch_size * int(np.prod(nxt.output_shape)) * 4
-                    other += 2 * pix * layer.filters * 4 + 3 * pooled  # z, pool dx; p, dp masked, argmax
-                    other += batch_size * int(np.prod(shape)) * 4 * (i > 0)  # dx
-                    shape = tuple(nxt.output_shape)
-                    i += 2
-                    continue
-                other += pix * layer.filters * 4 * layer._fuses_relu()  # dz
-            elif isinstance(layer, MaxPooling2D):
-                other += batch_size * int(np.prod(out)) * 4  # argmax (int32)
-            shape = out
-            i += 1
-        return im2col, other
+        """(im2col columns, other scratch buffers) in bytes that one training step of ``batch_size``
+        float32 images keeps in its workspaces on the Numba backend (one shard: with several, the
+        shards share these sizes out)."""
+        sizes = self.plan.workspace_bytes(self.input_shape, batch_size)
+        cols = sum(n for (_, name), n in sizes.items() if name == "im2col.cols")
+        return cols, sum(sizes.values()) - cols
 
     # ------------------------------------------------------------------ compile
     def compile(self, optimizer="rmsprop", loss=None, metrics=None):
@@ -289,139 +318,125 @@ class Sequential:
             metrics = []
         if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)):
             raise TypeError(f"compile: metrics must be a list such as ['accuracy'], got {metrics!r}")
-        valid = ("accuracy", "acc", "sparse_categorical_accuracy")
         for m in metrics:
             if not isinstance(m, str):
                 raise TypeError(f"compile: metrics must be names such as 'accuracy', got {m!r} ({type(m).__name__})")
-            if m not in valid:
-                raise ValueError(f"compile: unknown metric {m!r}" + did_you_mean(m, valid))
+            if m not in _METRICS:
+                raise ValueError(f"compile: unknown metric {m!r}" + did_you_mean(m, _METRICS))
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"compile: metrics {list(metrics)!r} name a metric twice")
         if self.output_shape is not None:
             self._check_output_for_loss("compile", loss)
         self.optimizer, self.loss = optimizer, loss
-        self.metrics = ["accuracy" if m in ("acc", "accuracy") else m for m in metrics]
+        self.metrics = list(metrics)  # reported under the names given, as Keras does
         self.compiled = True
 
-    def _softmax_tail(self):
-        """How a final softmax is fused with the loss: 'activation', 'layer' or None."""
-        last = self.layers[-1]
-        if isinstance(last.activation, Softmax):
-            return "activation"
-        if isinstance(last, Softmax):
-            return "layer"
-        return None
-
-    @property
-    def _fused(self):
-        """True when the loss sees logits (from_logits=True, or a final softmax fused with the CE)."""
-        return getattr(self.loss, "from_logits", False) or self._softmax_tail() is not None
-
     # ------------------------------------------------------------------ passes
-    def forward(self, x, training=False, logits=False):
-        """Run every layer. With ``logits=True`` a final softmax is skipped (outputs are logits).
+    def _parallel_kernels(self):
+        """Whether this call's kernels may split work across threads (unsharded, several threads)."""
+        return get_num_threads() > 1 and not parallel.forked_child()
 
-        Inference (``training=False``) on the Numba backend with several threads runs in shards,
-        one per thread (see :mod:`npcnn.parallel`); the model's own layers are then untouched.
+    def forward(self, x, training=False, logits=False):
+        """The model's output for one batch (float32 (N,) + input_shape, already checked).
+
+        With ``logits=True`` a final softmax owned by the loss is skipped (outputs are logits).
+        ``training=True`` runs one unsharded training forward and keeps its state for
+        :meth:`backward`; inference may run in data-parallel shards (:mod:`npcnn.parallel`).
+        The result is the caller's own array.
         """
-        if not training and isinstance(x, np.ndarray) and x.ndim >= 1:
-            shards = self._shards(len(x))
+        plan = self.plan
+        if training:
+            states = plan.new_states() if self._last_train is None else self._last_train[0]
+            ctx = Context(True, seed=self._step_seed(plan), batch_size=len(x))
+            with parallel.compute_section():
+                for st in states:
+                    if st.ws is not None:
+                        st.ws.parallel = self._parallel_kernels()
+                out = plan.forward(x, states, ctx, logits)
+            self._last_train = (states, ctx)
+            return out.copy()
+        return self._infer(plan, x, logits)
+
+    def _infer(self, plan, x, logits):
+        shards = self._shards(len(x))
+        with parallel.compute_section():
             if shards > 1:
-                return parallel.forward(self, x, logits, shards)
-        return self._local_forward(x, training, logits)
+                with self._states(plan, shards, parallel=False) as states:
+                    return parallel.forward(plan, states, x, logits)
+            with self._states(plan, 1, parallel=self._parallel_kernels()) as (states,):
+                return plan.forward(x, states, Context(False, batch_size=len(x)), logits).copy()
+
+    def backward(self, dy, logits=False, input_grad=False):
+        """Backpropagate ``dy`` (w.r.t. the output of the last ``forward(training=True)``, or its
+        logits when ``logits``); publishes each layer's ``grads``; returns d loss / d input when
+        ``input_grad`` (else None: the first layer skips it, as in training)."""
+        if self._last_train is None:
+            raise RuntimeError("backward() needs a preceding forward(x, training=True)")
+        plan, (states, ctx) = self.plan, self._last_train
+        states[0].need_dx = bool(input_grad)
+        try:
+            with parallel.compute_section():
+                dx = plan.backward(dy, states, ctx, logits)
+        finally:
+            states[0].need_dx = False
+        self._publish(plan, [plan.grads(states)])
+        return None if dx is None else np.array(dx, copy=True)
 
     def _shards(self, n_images):
-        """How many data-parallel shards a batch of ``n_images`` runs in (1: this thread, these layers)."""
+        """How many data-parallel shards a batch of ``n_images`` runs in (1: unsharded)."""
         return parallel.shard_count(n_images) if self.built else 1
 
-    def _fuses_with_next(self, i):
-        """Whether layer i and layer i + 1 run as one conv + ReLU + max-pool op (never the last layer,
-        which the softmax + cross-entropy fusion may bypass)."""
-        layer = self.layers[i]
-        return (i + 1 < len(self.layers) - 1 and hasattr(layer, "fuses_pool")
-                and layer.fuses_pool(self.layers[i + 1]))
+    def _step_seed(self, plan):
+        """The step's random seed for layers that draw random numbers (drawn from npcnn's generator
+        only when the plan has such layers, so other models' random streams are untouched)."""
+        return int(get_rng().integers(0, 2**63)) if plan.needs_rng else 0
 
-    def _local_forward(self, x, training=False, logits=False):
-        """:meth:`forward` through this model's own layers, in this thread."""
-        tail = self._softmax_tail() if logits and not getattr(self.loss, "from_logits", False) else None
-        last = len(self.layers) - 1
-        scratch = False  # does x live in a layer's workspace (overwritten by the next forward)?
-        i = 0
-        while i <= last:
-            layer = self.layers[i]
-            if self._fuses_with_next(i):
-                x = layer.forward_pool(x, self.layers[i + 1], training)  # conv + ReLU + pool as one op
-                scratch = True
-                i += 2
-                continue
-            prev = x
-            if i == last and tail == "activation":
-                x = layer.forward_pre(x, training)
-            elif i == last and tail == "layer":
-                pass
+    def _publish(self, plan, shard_grads):
+        """Sum the shards' gradients (shard 0 + shard 1 + ..., a fixed order) into each layer's ``grads``."""
+        for j, layer in enumerate(plan.param_layers):
+            per_shard = [g[j] for g in shard_grads]
+            if len(per_shard) == 1:
+                layer.grads = dict(zip(layer.params, per_shard[0]))
             else:
-                x = layer.forward(x, training)
-            scratch = scratch and np.may_share_memory(x, prev)  # a view (Flatten) stays scratch
-            i += 1
-        return x.copy() if scratch else x  # what the caller gets is its own
-
-    def backward(self, dy, logits=False):
-        """Backpropagate ``dy`` (w.r.t. the output, or the logits when ``logits``) through every layer."""
-        tail = self._softmax_tail() if logits and not getattr(self.loss, "from_logits", False) else None
-        last = len(self.layers) - 1
-        scratch = False  # does dy live in a layer's workspace (overwritten by the next backward)?
-        i = last
-        while i >= 0:
-            layer = self.layers[i]
-            prev = self.layers[i - 1] if i > 0 else None
-            if getattr(prev, "_cache_pool", None) is not None:  # the forward ran prev + this pool fused
-                dy = prev.backward_pool(dy, layer)
-                scratch = True
-                i -= 2
-                continue
-            before = dy
-            if i == last and tail == "activation":
-                dy = layer.backward_pre(dy)
-            elif i == last and tail == "layer":
-                pass
-            else:
-                dy = layer.backward(dy)
-            scratch = scratch and dy is not None and np.may_share_memory(dy, before)
-            i -= 1
-        return dy.copy() if scratch and dy is not None else dy
+                layer.grads = {k: K.add_arrays([g[i] for g in per_shard]) for i, k in enumerate(layer.params)}
 
     def _loss_and_grad(self, x, labels):
-        """Loss and gradients (in every layer's ``grads``) for a batch already checked at the boundary.
-
-        On the Numba backend with several threads the batch runs in data-parallel shards whose
-        gradients are summed into the layers' ``grads`` (see :mod:`npcnn.parallel`).
-        """
-        shards = self._shards(len(x))
-        if shards > 1:
-            return parallel.loss_and_grad(self, x, labels, shards)
-        return self._local_loss_and_grad(x, labels)
-
-    def _local_loss_and_grad(self, x, labels, scale=1.0):
-        """Loss and gradients through this model's own layers; the loss gradient is multiplied by
-        ``scale`` (a shard's share n_shard / N of the batch, so shard gradients sum to the batch's)."""
-        fused = self._fused
-        out = self._local_forward(x, training=True, logits=fused)
-        loss, dout = losses_mod.unchecked_compute(self.loss)(out, labels, logits=fused)
-        if scale != 1.0:
-            dout = dout * dout.dtype.type(scale)
-        self.backward(dout, logits=fused)
-        return float(loss), out
+        """Loss and output of a training step on a checked batch; the (summed) gradients land in every
+        layer's ``grads`` and the declared buffer updates are returned, not applied."""
+        plan = self.plan
+        n = len(x)
+        shards = self._shards(n)
+        seed = self._step_seed(plan)
+        with parallel.compute_section():
+            if shards > 1:
+                with self._states(plan, shards, parallel=False) as states:
+                    loss, out = parallel.loss_and_grad(plan, states, x, labels, seed)
+                    grads = [plan.grads(s) for s in states]
+                    updates = plan.updates(states[0])  # every shard declares the same (whole-batch statistics)
+            else:
+                with self._states(plan, 1, parallel=self._parallel_kernels()) as (states,):
+                    ctx = Context(True, seed=seed, batch_size=n)
+                    loss, out = plan.loss_and_grad(x, labels, states, ctx)
+                    grads = [plan.grads(states)]
+                    updates = plan.updates(states)
+            self._publish(plan, grads)
+        return loss, out, updates
 
     def _train_step(self, x, labels, where="train_on_batch", epoch=None, step=0):
         """One update. The loss and gradients are checked for NaN/Inf *before* the optimizer runs,
         so a bad batch raises FloatingPointError and leaves the weights of the last good step."""
-        loss, out = self._loss_and_grad(x, labels)
+        loss, out, updates = self._loss_and_grad(x, labels)
         grads = self.grads
         self._check_finite_step(loss, grads, where, epoch, step)
         self.optimizer.apply(self.params, grads)
+        for layer, new in updates:
+            for k, v in new.items():
+                layer.buffers[k][...] = v
         return loss, _correct(out, labels)
 
     def trace(self, x, y=None):
-        """Per-layer activations and gradients for one batch (see :func:`npcnn.inspect.trace`)."""
-        from npcnn.inspect import trace
+        """Per-layer activations and gradients for one batch (see :func:`npcnn.introspect.trace`)."""
+        from npcnn.introspect import trace
 
         return trace(self, x, y)
 
@@ -432,15 +447,26 @@ class Sequential:
 
     # ------------------------------------------------------------------ public loops
     def train_on_batch(self, x, y):
-        """One update on one batch; returns [loss, accuracy] measured before the update."""
+        """One update on one batch; returns [loss, metrics...] measured before the update."""
         self._require_compiled("train_on_batch")
         x, y = self._check_xy(x, y, "train_on_batch")
-        loss, correct = self._train_step(self._batch(x, np.arange(len(x))), y, "train_on_batch")
+        with self._training("train_on_batch"):
+            loss, correct = self._train_step(self._batch(x, np.arange(len(x))), y, "train_on_batch")
         return self._result(loss, correct / len(x))
 
     def test_on_batch(self, x, y):
-        """[loss, accuracy] on one batch, no update."""
+        """[loss, metrics...] on one batch, no update."""
         return self.evaluate(x, y, batch_size=len(x), verbose=0)
+
+    @contextmanager
+    def _training(self, where):
+        if not self._fit_lock.acquire(blocking=False):
+            raise RuntimeError(f"{where}: this model is already training in another thread; wait for that "
+                               "fit to finish, or train a copy (copy.deepcopy(model))")
+        try:
+            yield
+        finally:
+            self._fit_lock.release()
 
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose=1, callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
@@ -451,6 +477,8 @@ class Sequential:
             y: (N,) or (N, 1) integer labels.
             batch_size: samples per update (the last batch may be smaller).
             verbose: 0 silent, 1 progress bar (one line per epoch when not a terminal), 2 one line per epoch.
+            callbacks: Callback instances, called in order after the progress bar and before the
+                History (Keras's order).
             validation_split: fraction of the *last* samples held out before shuffling (as Keras).
             validation_data: (x_val, y_val) evaluated after each epoch.
             shuffle: a fresh permutation of the training samples every epoch.
@@ -459,10 +487,17 @@ class Sequential:
             FloatingPointError: the loss or a gradient became NaN or Inf (names the epoch and batch);
                 the weights are those of the last good batch, and no callback sees the bad epoch's end.
             NotCompiledError: called before ``compile`` (a RuntimeError and a ValueError).
+            RuntimeError: the model is already training in another thread.
             ValueError, TypeError: bad data or arguments (see docs/errors.md), found before any
                 kernel runs: the whole of x and y is checked once per call.
         """
         self._require_compiled("fit")
+        with self._training("fit"):
+            return self._fit(x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
+                             shuffle, initial_epoch)
+
+    def _fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
+             initial_epoch):
         batch_size = positive_int(batch_size, "batch_size", "fit")
         epochs = positive_int(epochs, "epochs", "fit")
         verbose = check_verbose(verbose, "fit")
@@ -493,10 +528,8 @@ class Sequential:
         n = len(x)
         steps = -(-n // batch_size)
         history = cbks.History()
-        cb_list = [history]
-        if verbose:
-            cb_list.append(cbks.ProgbarLogger(verbose, steps=steps, epochs=epochs))
-        cb_list += callbacks
+        cb_list = [cbks.ProgbarLogger(verbose, steps=steps, epochs=epochs)] if verbose else []
+        cb_list += callbacks + [history]  # Keras's order: the progress bar first, History last
         cb = cbks.CallbackList(cb_list, self)
         self.history = history
         self.stop_training = False
@@ -521,6 +554,7 @@ class Sequential:
                     break
             if validation_data is not None:
                 val = self.evaluate(*validation_data, batch_size=batch_size, verbose=0, _checked=True)
+                val = val if isinstance(val, list) else [val]
                 logs.update({"val_" + k: v for k, v in zip(self._metric_names(), val)})
             cb.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -529,7 +563,8 @@ class Sequential:
         return history
 
     def evaluate(self, x=None, y=None, batch_size=32, verbose=1, _checked=False):
-        """Loss and accuracy over (x, y) in batches; returns [loss, accuracy] (or loss alone without metrics)."""
+        """Loss and metrics over (x, y) in batches: [loss, metric...] in compile's order (the loss
+        alone without metrics)."""
         self._require_compiled("evaluate")
         batch_size = positive_int(batch_size, "batch_size", "evaluate")
         verbose = check_verbose(verbose, "evaluate")
@@ -537,14 +572,15 @@ class Sequential:
             x, y = self._check_xy(x, y, "evaluate")
         n = len(x)
         steps = -(-n // batch_size)
-        fused = self._fused
+        plan = self.plan
+        logits = plan.logits_loss
         # verbose=1: a live bar on a terminal; verbose=2 (or not a terminal): one final line
         bar = cbks.Progbar(steps, live=None if verbose == 1 else False) if verbose else None
         loss_sum = correct = 0.0
         for step in range(steps):
             sl = slice(step * batch_size, (step + 1) * batch_size)
-            out = self.forward(self._batch(x, sl), training=False, logits=fused)
-            loss, _ = losses_mod.unchecked_compute(self.loss)(out, y[sl], logits=fused)
+            out = self._infer(plan, self._batch(x, sl), logits)
+            loss, _ = losses_mod.unchecked_compute(self.loss)(out, y[sl], logits=logits)
             loss_sum += float(loss) * len(out)
             correct += _correct(out, y[sl])
             if bar is not None:
@@ -560,12 +596,13 @@ class Sequential:
         batch_size = positive_int(batch_size, "batch_size", "predict")
         verbose = check_verbose(verbose, "predict")
         x = self._check_x(x, "predict")
+        plan = self.plan
         steps = -(-len(x) // batch_size)
         out = np.empty((len(x),) + tuple(self.output_shape), dtype=np.float32)
         bar = cbks.Progbar(steps) if verbose == 1 else None
         for step in range(steps):
             sl = slice(step * batch_size, (step + 1) * batch_size)
-            out[sl] = self.forward(self._batch(x, sl), training=False)
+            out[sl] = self._infer(plan, self._batch(x, sl), False)
             if bar is not None:
                 bar.update(step + 1, {})
         if bar is not None:
@@ -582,12 +619,12 @@ class Sequential:
 
     def _logs(self, loss, acc):
         logs = {"loss": loss}
-        if "accuracy" in self.metrics:
-            logs["accuracy"] = acc
+        for m in self.metrics:  # every metric is an accuracy (see _METRICS), under the name given
+            logs[m] = acc
         return logs
 
     def _result(self, loss, acc):
-        return [loss, acc] if self.metrics else loss
+        return [loss] + [acc] * len(self.metrics) if self.metrics else loss
 
     @staticmethod
     def _batch(x, idx):
@@ -705,42 +742,6 @@ def _check_callbacks(callbacks):
         if not isinstance(cb, cbks.Callback):
             raise TypeError(f"fit: callbacks must be Callback instances, got {cb!r} ({type(cb).__name__})")
     return list(callbacks)
-
-
-def read_npz(filepath, where, what):
-    """Every array of the .npz ``filepath``, read with ``allow_pickle=False``.
-
-    Raises:
-        FileNotFoundError: no such file (named).
-        ValueError: truncated, not an .npz archive (e.g. a lone .npy, a pickle, a text file),
-            or holding object arrays; the message names the file and says what was expected.
-    """
-    filepath = os.fspath(filepath)
-    bad = f"{where}: {filepath!r} is not {what}"
-    if os.path.isdir(filepath):
-        raise ValueError(f"{bad}: it is a directory")
-    try:
-        f = open(filepath, "rb")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{where}: no such file: {filepath!r}") from None
-    with f:  # our own handle: NumPy leaks its file when a truncated archive fails to open
-        magic = f.read(4)
-        if magic != b"PK\x03\x04":
-            kind = "a .npy array" if magic.startswith(b"\x93NUM") else "an empty file" if not magic \
-                else "not a zip archive"
-            raise ValueError(f"{bad}: {kind}")
-        f.seek(0)
-        try:
-            with np.load(f, allow_pickle=False) as data:
-                stored = {k: data[k] for k in data.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib_error) as e:
-            reason = "it holds pickled objects, which npcnn never loads" if "pickle" in str(e) \
-                else f"truncated or corrupt ({type(e).__name__}: {e})"
-            raise ValueError(f"{bad}: {reason}") from None
-    foreign = [k for k, v in stored.items() if not isinstance(v, np.ndarray)]
-    if foreign:
-        raise ValueError(f"{bad}: the zip archive holds non-array members {foreign}")
-    return stored
 
 
 def cifar10_cnn(input_shape=(32, 32, 3), filters=(32, 64, 64), units=64, classes=10, compile=True):

@@ -1,47 +1,58 @@
 """Data parallelism across cores for the Numba backend: one batch, several shards, one update.
 
 With ``n`` threads, a training batch of N images is cut into ``n`` contiguous shards; each
-shard's forward, loss and backward run in their own Python thread, on *replicas* of the
-model's layers (same parameter arrays, their own caches, gradients and workspaces), with
-serial Numba kernels (compiled ``nogil=True``) and single-threaded BLAS (which releases the
-GIL). The shard gradients are then summed in shard order and the model's optimizer runs
-once. Compared with splitting every kernel across the cores, this avoids the ~20 thread
-wake-ups of each step and halves each thread's working set.
+shard's forward, loss and backward run in their own Python thread through the model's plan, with
+their own per-call states (:class:`npcnn.layers.LayerState`: caches, gradients, workspaces; the
+layers and their weights are shared and only read), serial Numba kernels (compiled
+``nogil=True``, their workspaces say ``parallel=False``) and single-threaded BLAS (which releases
+the GIL). The shard gradients are then summed in shard order and the model's optimizer runs once.
+Compared with splitting every kernel across the cores, this avoids the ~20 thread wake-ups of each
+step and halves each thread's working set.
 
-The math is the full-batch step: each shard's loss gradient is scaled by ``n_shard / N``,
-so the summed gradient is the full-batch mean gradient ``(p - onehot) / N`` (for shards of
-equal size the scale is a power of two and exact). The result is deterministic for a given
-thread count (the sums run in a fixed order); it differs from the one-thread result only by
-float32 rounding.
+The math is the full-batch step: each shard's loss gradient is scaled by ``n_shard / N``, so the
+summed gradient is the full-batch mean gradient ``(p - onehot) / N``. (The scale is 1/shards for
+equal shards: exact in binary only for 1, 2, 4, ... shards; otherwise it rounds like any float32
+product.) A layer that needs statistics of the whole batch (BatchNormalization) sums its per-shard
+partial sums with ``ctx.reduce`` (:class:`ShardReducer`: every shard gets the same total, added in
+shard order), so a sharded step computes the function of the unsharded one. Random layers draw per
+sample from (step seed, index in the whole batch), so their masks do not depend on the shards
+either. The result is deterministic for a given thread count (fixed summation orders); it differs
+from the one-thread result only by float rounding.
 
 Used by :class:`npcnn.models.Sequential` for the Numba backend when
-:func:`npcnn.get_num_threads` is above 1 and each shard gets at least
-:data:`MIN_SHARD` images. Switch it off with ``NPCNN_DATA_PARALLEL=0`` or
-``npcnn.set_data_parallel(False)``: every kernel then splits its own work across the
-threads instead (the intra-op path).
+:func:`npcnn.get_num_threads` is above 1 and each shard gets at least :data:`MIN_SHARD` images.
+Switch it off with ``NPCNN_DATA_PARALLEL=0`` or ``npcnn.set_data_parallel(False)``: every kernel
+then splits its own work across the threads instead (the intra-op path).
+
+Processes and threads: one multi-threaded computation runs at a time in a process
+(:func:`compute_section`), since Numba's workqueue layer refuses parallel kernels launched from two
+threads at once and BLAS's thread count is process-wide; calls from several Python threads take
+turns, each with its own state, and get exactly the results of serial calls. The shard pool is
+re-created in a forked child (``os.register_at_fork``), where kernels then run serial drivers only.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import os
 import threading
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
-from npcnn import kernels
+from npcnn.layers.base import Context
+from npcnn.utils import env_flag
 
 MIN_SHARD = 8  # fewer images per shard: not worth the hand-off (and tiny batches stay bit-for-bit unsharded)
 
-_enabled = os.environ.get("NPCNN_DATA_PARALLEL", "1").strip().lower() not in ("0", "false", "no", "off")
+_enabled = env_flag("NPCNN_DATA_PARALLEL", True)
 _pool = None
 _pool_size = 0
 _pool_lock = threading.Lock()
-_replicas = weakref.WeakKeyDictionary()  # model -> _Replicas (outside the model: deepcopy/pickle untouched)
+_compute_lock = threading.RLock()
 _blas = None  # threadpoolctl controllers of the BLAS libraries NumPy uses
+_forked = False
 
 
 def set_data_parallel(enabled) -> bool:
@@ -81,54 +92,59 @@ def shard_bounds(n, shards):
     return bounds
 
 
-# ------------------------------------------------------------------ replicas
-def _replicate(layer):
-    """A copy of ``layer`` sharing its parameter arrays but with its own caches, grads and buffers."""
-    rep = copy.copy(layer)
-    for attr, value in vars(layer).items():
-        if attr == "params":
-            rep.params = dict(value)  # the same arrays: the optimizer's in-place updates are seen
-        elif attr == "grads":
-            rep.grads = {}
-        elif "workspace" in attr and isinstance(value, dict):
-            setattr(rep, attr, {})
-        elif attr == "activation" and value is not None:
-            rep.activation = _replicate(value)
-        elif attr.startswith("_cache") or attr in ("_p", "_y"):
-            setattr(rep, attr, None)
-    return rep
+def forked_child() -> bool:
+    """True in a process forked from one that had imported npcnn (kernels then run serial drivers:
+    Numba's worker threads do not survive a fork)."""
+    return _forked
 
 
-class _Replicas:
-    """Per-shard shadows of one model: each a shallow copy of the model with replicated layers."""
+@contextlib.contextmanager
+def compute_section():
+    """Hold the process's compute lock while a multi-threaded computation runs (re-entrant; free
+    when npcnn uses one thread, since then nothing is shared)."""
+    from npcnn.threads import get_num_threads
 
-    def __init__(self, model, shards):
-        self.key = _model_key(model)
-        self.shadows = []
-        for _ in range(shards):
-            shadow = copy.copy(model)
-            shadow.layers = [_replicate(layer) for layer in model.layers]
-            self.shadows.append(shadow)
-
-
-def _model_key(model):
-    """What the replicas depend on: the layer objects, their parameter arrays and settings."""
-    return tuple((id(layer), id(layer.activation), layer.need_input_grad,
-                  tuple((k, id(p)) for k, p in layer.params.items())) for layer in model.layers) + (
-        id(model.loss),)
+    if get_num_threads() <= 1:
+        yield
+        return
+    with _compute_lock:
+        yield
 
 
-def _shadows(model, shards):
-    reps = _replicas.get(model)
-    if reps is None or len(reps.shadows) < shards or reps.key != _model_key(model):
-        reps = _Replicas(model, shards)
-        _replicas[model] = reps
-    return reps.shadows[:shards]
+# ------------------------------------------------------------------ shard sums
+class ShardReducer:
+    """``ctx.reduce`` for ``shards`` shards running at once: each shard passes its array, all get the
+    sum (shard 0 + shard 1 + ..., the same bits in every shard). Every shard must call it the same
+    number of times; a shard that fails breaks the barrier so the others stop instead of waiting."""
+
+    def __init__(self, shards):
+        self.slots = [None] * shards
+        self.total = None
+        self.barrier = threading.Barrier(shards)
+
+    def for_shard(self, index):
+        def reduce(a):
+            self.slots[index] = a
+            self.barrier.wait()
+            if index == 0:
+                total = np.array(self.slots[0], copy=True)
+                for s in self.slots[1:]:
+                    total += s
+                self.total = total
+            self.barrier.wait()
+            out = self.total.copy()
+            self.barrier.wait()  # nobody overwrites a slot or the total before all have read it
+            return out
+
+        return reduce
+
+    def abort(self):
+        self.barrier.abort()
 
 
 # ------------------------------------------------------------------ threads
 def _serial_worker():
-    numba.set_num_threads(1)  # thread-local: the kernels pick their serial drivers in this thread
+    numba.set_num_threads(1)  # thread-local; the kernels' workspaces say parallel=False anyway
 
 
 def _get_pool(workers):
@@ -141,6 +157,19 @@ def _get_pool(workers):
                                        initializer=_serial_worker)
             _pool_size = workers
         return _pool
+
+
+def _after_fork_in_child():
+    """The parent's pool threads and locks do not exist in a forked child: start afresh."""
+    global _pool, _pool_size, _pool_lock, _compute_lock, _forked
+    _pool, _pool_size = None, 0
+    _pool_lock = threading.Lock()
+    _compute_lock = threading.RLock()
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _blas_controllers():
@@ -173,58 +202,65 @@ class _SerialKernels:
         return False
 
 
-def run_shards(fn, jobs):
+def run_shards(fn, jobs, reducer=None):
     """[fn(*job) for job in jobs], job 0 in this thread and the others in the worker pool, all with
-    serial kernels; results in job order. The first exception (in job order) is re-raised."""
+    serial kernels; results in job order. The first exception (in job order, a broken barrier
+    counting last) is re-raised after every job has stopped."""
+    def guarded(*job):
+        try:
+            return fn(*job)
+        except BaseException:
+            if reducer is not None:
+                reducer.abort()
+            raise
+
     pool = _get_pool(len(jobs) - 1)
     with _SerialKernels():
-        futures = [pool.submit(fn, *job) for job in jobs[1:]]
-        results, error = [], None
+        futures = [pool.submit(guarded, *job) for job in jobs[1:]]
+        results, errors = [], []
         try:
-            results.append(fn(*jobs[0]))
-        except BaseException as e:  # wait for the others before leaving: they use the shared buffers
-            error = e
+            results.append(guarded(*jobs[0]))
+        except BaseException as e:  # wait for the others before leaving: they use the shared weights
+            errors.append(e)
         for f in futures:
             try:
                 results.append(f.result())
             except BaseException as e:
-                error = error or e
-        if error is not None:
-            raise error
+                errors.append(e)
+        if errors:
+            real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+            raise (real or errors)[0]
     return results
 
 
 # ------------------------------------------------------------------ the model's entry points
-def _shard_loss_and_grad(shadow, x, labels, scale):
-    loss, out = shadow._local_loss_and_grad(x, labels, scale)
-    return loss, out, [[layer.grads[k] for k in layer.params] for layer in shadow.layers]
+def _shard_loss_and_grad(plan, states, x, labels, scale, ctx):
+    return plan.loss_and_grad(x, labels, states, ctx, scale)
 
 
-def loss_and_grad(model, x, labels, shards):
-    """Full-batch loss and output of ``model`` on (x, labels) over ``shards`` shards; the summed
-    gradients go to the model's own layers' ``grads`` (as the unsharded pass leaves them)."""
+def loss_and_grad(plan, shard_states, x, labels, seed=0):
+    """Full-batch loss and output of ``plan`` on (x, labels) over ``len(shard_states)`` shards; each
+    shard's gradients stay in its states (the caller sums them). Returns (loss, out)."""
     n = len(x)
+    shards = len(shard_states)
     bounds = shard_bounds(n, shards)
-    shadows = _shadows(model, shards)
-    jobs = [(shadow, x[a:b], labels[a:b], (b - a) / n) for shadow, (a, b) in zip(shadows, bounds)]
-    results = run_shards(_shard_loss_and_grad, jobs)
+    reducer = ShardReducer(shards)
+    jobs = [(plan, states, x[a:b], labels[a:b], (b - a) / n,
+             Context(True, seed=seed, sample_offset=a, batch_size=n, reduce=reducer.for_shard(i), parallel=False))
+            for i, (states, (a, b)) in enumerate(zip(shard_states, bounds))]
+    results = run_shards(_shard_loss_and_grad, jobs, reducer)
     loss = sum(float(r[0]) * (b - a) for r, (a, b) in zip(results, bounds)) / n
-    out = np.concatenate([r[1] for r in results])
-    for i, layer in enumerate(model.layers):
-        if not layer.params:
-            continue
-        # shard 0 + shard 1 + ...: a fixed order, deterministic for a given shard count
-        layer.grads = {k: kernels.add_arrays([r[2][i][j] for r in results]) for j, k in enumerate(layer.params)}
-    return loss, out
+    return loss, np.concatenate([r[1] for r in results])
 
 
-def _shard_forward(shadow, x, logits):
-    return shadow._local_forward(x, training=False, logits=logits)
+def _shard_forward(plan, states, x, logits, ctx):
+    return plan.forward(x, states, ctx, logits)
 
 
-def forward(model, x, logits, shards):
-    """Inference output of ``model`` on x over ``shards`` shards (no layer state of the model changes)."""
-    bounds = shard_bounds(len(x), shards)
-    shadows = _shadows(model, shards)
-    results = run_shards(_shard_forward, [(s, x[a:b], logits) for s, (a, b) in zip(shadows, bounds)])
-    return np.concatenate(results)
+def forward(plan, shard_states, x, logits):
+    """Inference output of ``plan`` on x over ``len(shard_states)`` shards (a new array)."""
+    n = len(x)
+    bounds = shard_bounds(n, len(shard_states))
+    jobs = [(plan, states, x[a:b], logits, Context(False, sample_offset=a, batch_size=n, parallel=False))
+            for states, (a, b) in zip(shard_states, bounds)]
+    return np.concatenate(run_shards(_shard_forward, jobs))

@@ -243,3 +243,25 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def env_flag(name, default):
+    """The on/off switch in environment variable ``name`` (1/0, true/false, yes/no, on/off; unset or
+    empty: ``default``).
+
+    Raises:
+        ValueError: any other value, naming the variable and the accepted values.
+    """
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return bool(default)
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name}={os.environ[name]!r} is not an on/off value: use one of "
+                     f"{', '.join(_TRUE)} (on) or {', '.join(_FALSE)} (off)")

@@ -95,7 +95,7 @@ def test_plot_history_trains_saves_and_plots(tmp_path, hide):
     png, saved = tmp_path / "curves.png", tmp_path / "h.json"
     out = run("plot_history.py", "--epochs", 2, "--samples", 20, "--batch-size", 10, "--out", png,
               "--save-history", saved, hide_matplotlib=hide, cwd=tmp_path)
-    from npcnn.inspect import load_history
+    from npcnn.introspect import load_history
 
     h = load_history(saved)
     assert len(h["loss"]) == 2 and len(h["grad_norm/conv2d/kernel"]) == 2

@@ -1,12 +1,14 @@
-"""npcnn layers, with Keras's names, arguments and weight layouts (channels-last)."""
+"""npcnn layers, with Keras's names, arguments and weight layouts (channels-last).
 
-from npcnn.layers.base import Layer
-from npcnn.layers.convolutional import Conv2D
-from npcnn.layers.core import Activation, Dense, Flatten, ReLU, Softmax
-from npcnn.layers.pooling import MaxPooling2D
+The contract every layer follows is in :mod:`npcnn.layers.base`; adding a layer is its file here,
+its kernel file in :mod:`npcnn.kernels`, a docs page, its tests, and one line below.
+"""
 
-MaxPool2D = MaxPooling2D
-Convolution2D = Conv2D
+from npcnn.layers.activations import Activation, ReLU, Sigmoid, Softmax, Tanh
+from npcnn.layers.base import Context, Layer, LayerState
+from npcnn.layers.convolutional import Conv2D, Convolution2D
+from npcnn.layers.core import Dense, Flatten
+from npcnn.layers.pooling import MaxPool2D, MaxPooling2D
 
-__all__ = ["Layer", "Conv2D", "Convolution2D", "MaxPooling2D", "MaxPool2D", "Flatten", "Dense",
-           "ReLU", "Softmax", "Activation"]
+__all__ = ["Layer", "LayerState", "Context", "Conv2D", "Convolution2D", "MaxPooling2D", "MaxPool2D", "Flatten",
+           "Dense", "ReLU", "Softmax", "Sigmoid", "Tanh", "Activation"]

@@ -1,14 +1,35 @@
-"""The Layer contract shared by every npcnn layer.
+"""The layer contract: what a layer owns, and what the caller owns.
 
-A layer owns ``params`` (name -> array, e.g. 'kernel', 'bias') and, after
-``backward``, ``grads`` with the same keys. ``forward(x, training)`` caches what
-backward needs (only when training); ``backward(dy)`` returns dx, fills
-``grads`` and never updates weights or writes into ``dy``. Only the optimizer
-changes weights.
+A layer **owns its weights** and nothing that changes during a pass:
 
-A layer with an ``activation`` computes ``y = activation(z)``, ``z = op(x)``:
-``forward_pre``/``backward_pre`` are the layer's own op alone, so the model can
-fuse a final softmax with the cross-entropy (gradient (p - onehot)/N).
+* ``params``: trained arrays (name -> array, e.g. 'kernel', 'bias'), updated in place by the optimizer;
+* ``buffers``: saved but not trained (Keras's non-trainable weights, e.g. BatchNormalization's
+  moving statistics); they appear in ``get_weights``, ``save_weights``, checkpoints and the summary's
+  "Non-trainable params", and change only through the *updates* a training pass declares.
+
+The **caller owns the per-call state** (a :class:`LayerState` per layer: the cache backward needs,
+the reusable scratch buffers, the gradients, the declared buffer updates) and the **context** of the
+pass (a :class:`Context`: training or inference, the step's random seed, where the shard sits in the
+whole batch, and how to sum an array over all shards). So one layer object can run in several
+threads or shards at once, each with its own state.
+
+A layer implements its own op as two methods, the chain rule next to the forward::
+
+    forward_op(x, state, ctx)   -> y        x: (N,) + input_shape, y: (N,) + output_shape
+    backward_op(dy, state, ctx) -> dx       fills state.grads (same keys as params); dx None when
+                                            state.need_dx is False (the first layer)
+
+Backward never writes into ``dy`` nor into its cache, and never changes weights (only the optimizer
+does); a training forward may declare new values of ``buffers`` in ``state.updates``, which the model
+applies once per step. No layer reads or writes another layer's fields: fusing layers is the model's
+plan's business (:mod:`npcnn.plan`).
+
+A layer with an ``activation`` (Keras's ``Dense(64, activation='relu')``) is its op followed by that
+activation layer; the model's plan runs the two as two steps, or fuses them.
+
+Called by itself (``layer.forward(x, training=True)``, then ``layer.backward(dy)``), a layer keeps one
+private state for convenience, with no reusable buffers (every array is fresh). The model never uses
+it: see :class:`npcnn.models.Sequential`.
 """
 
 from __future__ import annotations
@@ -18,25 +39,89 @@ import numpy as np
 from npcnn.utils import float_dtype
 
 
+class Context:
+    """How one pass runs, shared by every layer of the pass.
+
+    Attributes:
+        training: training mode (caches kept, batch statistics, random masks) or inference.
+        seed: the step's random seed (an int), for layers that draw random numbers (``needs_rng``);
+            a layer combines it with its own index so that two layers draw different numbers.
+        sample_offset: index in the whole batch of this shard's first sample (0 when unsharded).
+        batch_size: number of samples in the whole batch (all shards).
+        reduce: ``reduce(array) -> array``, the sum of ``array`` over all shards of this batch (in
+            shard order, the same result in every shard); the identity when the batch is unsharded.
+        parallel: whether kernels may split their work across threads (False inside a shard).
+    """
+
+    __slots__ = ("training", "seed", "sample_offset", "batch_size", "reduce", "parallel")
+
+    def __init__(self, training=False, seed=0, sample_offset=0, batch_size=None, reduce=None, parallel=None):
+        self.training = bool(training)
+        self.seed = int(seed)
+        self.sample_offset = int(sample_offset)
+        self.batch_size = batch_size
+        self.reduce = reduce if reduce is not None else _identity
+        self.parallel = parallel
+
+    def __repr__(self):
+        return (f"Context(training={self.training}, seed={self.seed}, sample_offset={self.sample_offset}, "
+                f"batch_size={self.batch_size}, parallel={self.parallel})")
+
+
+def _identity(a):
+    return a
+
+
+class LayerState:
+    """The per-call state of one layer (or one fused block) in one run, owned by the caller.
+
+    Attributes:
+        cache: what the last training forward kept for backward (None after an inference forward).
+        ws: reusable scratch buffers for the kernels (a :class:`npcnn.kernels.workspace.Workspace`),
+            or None (every kernel output is a fresh array).
+        grads: {param name: gradient} from the last backward.
+        updates: {buffer name: new value} declared by the last training forward.
+        need_dx: whether backward must compute the input gradient (False for a model's first layer).
+        out_shape: shape of the last training forward's output (backward checks dy against it).
+    """
+
+    __slots__ = ("cache", "ws", "grads", "updates", "need_dx", "out_shape")
+
+    def __init__(self, ws=None, need_dx=True):
+        self.cache = None
+        self.ws = ws
+        self.grads = {}
+        self.updates = {}
+        self.need_dx = need_dx
+        self.out_shape = None
+
+    def need_cache(self, owner):
+        """The cache, or a clear error when no training forward ran before this backward."""
+        if self.cache is None:
+            raise RuntimeError(f"{owner}: backward() needs a preceding forward(x, training=True)")
+        return self.cache
+
+
 class Layer:
-    """Base class. Subclasses implement ``compute_output_shape``, ``forward_pre`` and ``backward_pre``."""
+    """Base class. Subclasses implement ``compute_output_shape``, ``build`` (creating ``params`` and
+    ``buffers``), ``forward_op`` and ``backward_op``."""
 
-    def __init__(self, name=None, input_shape=None, activation=None, dtype="float32"):
-        from npcnn.layers.core import get_activation_layer
+    needs_rng = False  # True for layers that draw random numbers in training (they use ctx.seed)
 
+    def __init__(self, name=None, input_shape=None, dtype="float32"):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{type(self).__name__}: name must be a string, got {name!r}")
         self.name = name
         self.dtype = float_dtype(dtype, type(self).__name__)
         self.input_shape = _check_input_shape(input_shape, type(self).__name__)
-        self.activation = get_activation_layer(activation, type(self).__name__)
+        self.activation = None  # an activation layer run after the op (Dense and Conv2D take one)
         self.params: dict[str, np.ndarray] = {}
-        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}  # the last backward's gradients, published by whoever ran it
         self.built = False
-        self.need_input_grad = True  # the model turns this off for its first layer
         self.output_shape = None
         self.built_input_shape = None
-        self._out_shape = None  # full shape of the last training forward's output, checked by backward
+        self._own = None  # the private state of standalone calls (layer.forward / layer.backward)
 
     # --- shapes -----------------------------------------------------------------
     def build(self, input_shape):
@@ -51,51 +136,61 @@ class Layer:
         """Shape of one sample's output (no batch axis) for one sample's input shape."""
         return tuple(input_shape)
 
-    # --- passes -----------------------------------------------------------------
+    # --- the op (subclasses) ----------------------------------------------------
+    def forward_op(self, x, state, ctx):
+        """The layer's own op, before its activation. Default: the identity."""
+        return x
+
+    def backward_op(self, dy, state, ctx):
+        """Backward of :meth:`forward_op`: dy (gradient w.r.t. its output) -> dx; fills state.grads."""
+        return dy
+
+    def workspace_bytes(self, input_shape, batch_size, need_dx=True):
+        """{buffer name: bytes} of the scratch buffers a training step of ``batch_size`` float32
+        samples keeps in this layer's workspace (Numba backend); {} for layers whose kernels keep none."""
+        return {}
+
+    # --- standalone use -----------------------------------------------------------
     def forward(self, x, training=False):
-        """y = activation(op(x)). x: (N,) + input_shape. Returns (N,) + output_shape.
+        """y = activation(op(x)) with the layer's private state. x: (N,) + input_shape.
 
         Raises:
             TypeError: x is not a float array.
             ValueError: x's shape does not match the shape the layer was built for.
         """
         self._prepare_input(x)
-        z = self.forward_pre(x, training)
-        y = self.activation.forward(z, training) if self.activation is not None else z
-        self._out_shape = y.shape if training else None
+        ctx = Context(training)
+        own = self._own = (LayerState(), LayerState(), ctx)
+        y = self.forward_op(x, own[0], ctx)
+        if self.activation is not None:
+            y = self.activation.forward_op(y, own[1], ctx)
+        own[0].out_shape = y.shape if training else None
         return y
 
     def backward(self, dy):
-        """dx = op'^T (activation'^T dy). Fills ``self.grads``; returns dx (or None if not needed).
+        """dx for dy after :meth:`forward` (``training=True``); fills ``self.grads``.
 
         Raises:
-            ValueError: dy's shape differs from the output of the preceding ``forward(x, training=True)``.
+            RuntimeError: no training forward before.
+            ValueError: dy's shape differs from that forward's output.
         """
-        if self._out_shape is not None and np.shape(dy) != self._out_shape:
-            raise ValueError(
-                f"{self._label()}: dy has shape {np.shape(dy)}, but the last forward(training=True) "
-                f"gave an output of shape {self._out_shape}"
-            )
+        if self._own is None or self._own[0].out_shape is None:
+            raise RuntimeError(f"{self._label()}: backward() needs a preceding forward(x, training=True)")
+        st, act_st, ctx = self._own
+        if np.shape(dy) != st.out_shape:
+            raise ValueError(f"{self._label()}: dy has shape {np.shape(dy)}, but the last forward(training=True) "
+                             f"gave an output of shape {st.out_shape}")
         if self.activation is not None:
-            dy = self.activation.backward(dy)
-        return self.backward_pre(dy)
-
-    def forward_pre(self, x, training=False):
-        """The layer's own op, before its activation."""
-        return x
-
-    def backward_pre(self, dz):
-        """Backward of the layer's own op: dz (gradient w.r.t. the pre-activation) -> dx."""
-        return dz
+            dy = self.activation.backward_op(dy, act_st, ctx)
+        dx = self.backward_op(dy, st, ctx)
+        self.grads = st.grads
+        return dx
 
     def _label(self):
         return f"{type(self).__name__} {self.name!r}" if self.name else type(self).__name__
 
     def _prepare_input(self, x):
-        """Check x (a float array, (N,) + the built input shape) and build the layer on first use.
-
-        Every ``forward`` runs this before any kernel: a few comparisons, no pass over the data.
-        """
+        """Check x (a float array, (N,) + the built input shape) and build the layer on first use."""
         if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
             desc = f"dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
             raise TypeError(f"{self._label()}: x must be a float NumPy array, got {desc}")
@@ -109,74 +204,38 @@ class Layer:
                 f"(N,) + {self.built_input_shape}"
             )
 
-    def _need_cache(self, cache):
-        if cache is None:
-            raise RuntimeError(
-                f"{self.name or type(self).__name__}: backward() needs a preceding forward(x, training=True)"
-            )
-        return cache
-
     # --- weights ----------------------------------------------------------------
+    def weight_items(self):
+        """[(key, array, trainable)] in Keras order: the params, then the buffers."""
+        return ([(k, p, True) for k, p in self.params.items()]
+                + [(k, b, False) for k, b in self.buffers.items()])
+
     def count_params(self) -> int:
+        """Trainable and non-trainable values together (as Keras's summary counts them)."""
+        return int(sum(a.size for _, a, _ in self.weight_items()))
+
+    def count_trainable(self) -> int:
         return int(sum(p.size for p in self.params.values()))
 
     def get_weights(self):
-        """Copies of the weights in Keras order (kernel, then bias)."""
-        return [p.copy() for p in self.params.values()]
+        """Copies of the weights in Keras order (params such as kernel then bias, then buffers)."""
+        return [a.copy() for _, a, _ in self.weight_items()]
 
     def set_weights(self, weights):
-        """Copy ``weights`` (Keras order and layouts) into the existing arrays, in place.
+        """Copy ``weights`` (Keras order and layouts) into the existing arrays, in place, all or nothing
+        (see :func:`npcnn.saving.set_layer_weights`).
 
         Raises:
-            ValueError: wrong count, shapes, or non-finite values (every mismatch is listed).
+            ValueError: not built; wrong count, shapes, or non-finite values (every mismatch is listed).
             TypeError: ``weights`` is not a list of numeric arrays.
         """
-        if not self.built:
-            raise ValueError(f"{self._label()}.set_weights: the layer is not built yet (its weights do not exist)")
-        expected = [(f"layer {self.name!r} {key}", p.shape) for key, p in self.params.items()]
-        arrays = check_weight_list(weights, expected, f"{self._label()}.set_weights")
-        for p, w in zip(self.params.values(), arrays):
-            p[...] = w
+        from npcnn.saving import set_layer_weights
+
+        set_layer_weights(self, weights)
 
     def __repr__(self):
         act = f", activation={self.activation.activation_name!r}" if self.activation is not None else ""
         return f"{type(self).__name__}(name={self.name!r}{act})"
-
-
-def check_weight_list(weights, expected, where):
-    """Check a list of weight arrays against ``expected`` [(label, shape)]; return them as arrays.
-
-    Every problem is listed in one ``ValueError``: a wrong count, each wrong shape (by layer),
-    each array holding NaN/Inf. Non-numeric arrays raise ``TypeError``.
-    """
-    if isinstance(weights, np.ndarray) or not hasattr(weights, "__iter__"):
-        raise TypeError(f"{where}: weights must be a list of arrays, got {type(weights).__name__}")
-    weights = list(weights)
-    problems = []
-    if len(weights) != len(expected):
-        problems.append(f"expected {len(expected)} arrays, got {len(weights)}")
-    arrays = []
-    for i, ((label, shape), w) in enumerate(zip(expected, weights)):
-        try:
-            a = np.asarray(w)
-        except Exception as e:  # ragged lists and the like
-            raise TypeError(f"{where}: array {i} ({label}) is not an array: {e}") from None
-        if a.dtype.kind not in "biuf":
-            raise TypeError(f"{where}: array {i} ({label}) must hold numbers, got dtype {a.dtype}")
-        if a.shape != shape:
-            problems.append(f"array {i} ({label}): expected shape {shape}, got {a.shape}")
-        elif a.dtype.kind == "f" and not np.isfinite(a).all():
-            problems.append(f"array {i} ({label}): contains NaN or Inf")
-        arrays.append(a)
-    if len(weights) < len(expected):
-        problems += [f"array {i} ({label}, shape {shape}): missing"
-                     for i, (label, shape) in enumerate(expected[len(weights):], start=len(weights))]
-    if len(weights) > len(expected):
-        problems += [f"array {i}: unexpected (shape {np.shape(w)}), the model has no weight for it"
-                     for i, w in enumerate(weights[len(expected):], start=len(expected))]
-    if problems:
-        raise ValueError(f"{where}: weights do not match:\n  " + "\n  ".join(problems))
-    return arrays
 
 
 def _check_input_shape(input_shape, owner):

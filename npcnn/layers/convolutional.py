@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from npcnn import initializers
 from npcnn import kernels as K
+from npcnn.layers.activations import get_activation_layer
 from npcnn.layers.base import Layer
-from npcnn.layers.core import ReLU
 from npcnn.utils import int_pair, positive_int
 
 
@@ -17,19 +15,19 @@ class Conv2D(Layer):
     Shapes: x (N, H, W, C); kernel (KH, KW, C, filters) (Keras layout); bias (filters,);
     y (N, OH, OW, filters) with OH = floor((H - KH)/SH) + 1 ('valid') or ceil(H/SH) ('same').
 
-    Backward (see :mod:`npcnn.kernels.conv`): with dz the gradient w.r.t. the pre-activation,
-    dkernel = cols^T @ dz, dbias = sum dz, dx = col2im(dz @ kernel^T).
+    Backward (see :mod:`npcnn.kernels.conv` and docs/conv2d.md): dkernel = cols^T @ dy,
+    dbias = sum dy, dx = col2im(dy @ kernel^T).
 
-    With ``activation='relu'`` the ReLU is fused into the convolution (bias and max(., 0) in
-    one pass; backward masks dy with [y > 0]), so no separate activation pass or array.
-    The column matrix and gradient buffers live in the layer's workspace and are reused
-    every step of the same batch size; the training cache is valid until the next forward.
+    In a model, a ReLU activation runs fused in the convolution kernel (``relu=True``: bias and
+    max(., 0) in one pass, backward masks dy with [y > 0]), and a following MaxPooling2D may join
+    them in one op; the model's plan (:mod:`npcnn.plan`) decides that, once.
     """
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  name=None, input_shape=None, **kwargs):
-        super().__init__(name=name, input_shape=input_shape, activation=activation, **kwargs)
+        super().__init__(name=name, input_shape=input_shape, **kwargs)
+        self.activation = get_activation_layer(activation, "Conv2D")
         self.filters = positive_int(filters, "filters", "Conv2D")
         self.kernel_size = int_pair(kernel_size, "kernel_size", "Conv2D")
         self.strides = int_pair(strides, "strides", "Conv2D")
@@ -37,12 +35,6 @@ class Conv2D(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
-        self._cache = None
-        self._cache_pool = None  # the last training forward_pool's cache (conv + ReLU + pool fused)
-        self._pool_out_shape = None
-        self._fused = False  # did the last forward fuse the ReLU (so backward must mask)?
-        self._fuse_next = False
-        self._workspace = {}
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -66,93 +58,45 @@ class Conv2D(Layer):
         super().build(input_shape)
         return out
 
-    def _fuses_relu(self):
-        return type(self.activation) is ReLU
+    def geometry(self, x_shape):
+        """(OH, OW, pads) of this convolution over inputs of shape ``x_shape`` (N, H, W, C)."""
+        return K.conv_geometry(x_shape, self.kernel_size, self.strides, self.padding)
 
-    def forward(self, x, training=False):
-        """y = activation(conv(x) + bias); a ReLU activation runs fused in the kernel."""
-        if not self._fuses_relu():
-            return super().forward(x, training)
-        # The base class's forward (input checks, shapes), with the ReLU left to the kernel.
-        relu, self.activation = self.activation, None
-        self._fuse_next = True
-        try:
-            return super().forward(x, training)
-        finally:
-            self.activation = relu
-            self._fuse_next = False
-
-    def backward(self, dy):
-        """dx for dy; when the forward fused the ReLU, the kernel applies its mask [y > 0]."""
-        if not self._fused:
-            return super().backward(dy)
-        relu, self.activation = self.activation, None
-        try:
-            return super().backward(dy)
-        finally:
-            self.activation = relu
-
-    def forward_pre(self, x, training=False):
-        return self._conv(x, training, relu=self._fuse_next)
-
-    def _conv(self, x, training, relu):
-        oh, ow, pads = K.conv_geometry(x.shape, self.kernel_size, self.strides, self.padding)
-        self._cache = self._cache_pool = None  # the previous step's caches are dead; their buffers get reused
-        y, cache = K.conv2d_forward(x, self.params["kernel"], self.params.get("bias"),
-                                    self.strides, pads, (oh, ow), relu=relu, workspace=self._workspace)
-        self._cache = cache if training else None
-        self._fused = relu
+    def forward_op(self, x, state, ctx, relu=False):
+        """conv(x) + bias; with ``relu`` the kernel applies max(., 0) in the same pass (a fused ReLU)."""
+        oh, ow, pads = self.geometry(x.shape)
+        y, cache = K.conv2d_forward(x, self.params["kernel"], self.params.get("bias"), self.strides, pads,
+                                    (oh, ow), relu=relu, ws=state.ws)
+        state.cache = cache if ctx.training else None
         return y
 
-    # --- fused with the next layer's max-pooling (Sequential's choice) --------------------
-    def fuses_pool(self, nxt):
-        """Whether this layer and ``nxt`` may run as one conv + ReLU + max-pool op
-        (:mod:`npcnn.kernels.fused`): a ReLU activation, then a built MaxPooling2D."""
-        from npcnn.kernels import fused
-        from npcnn.layers.pooling import MaxPooling2D
-
-        return fused.ENABLED and self._fuses_relu() and type(nxt) is MaxPooling2D and nxt.built
-
-    def forward_pool(self, x, pool, training=False):
-        """pool.forward(self.forward(x)) computed as one op; returns the pool's output.
-
-        The activation relu(conv(x) + b) between the two layers is never written. The returned
-        array is a buffer of the pool's workspace, overwritten by the next call (Sequential
-        copies it when it would reach its caller).
-        """
-        self._prepare_input(x)
-        oh, ow, pads = K.conv_geometry(x.shape, self.kernel_size, self.strides, self.padding)
-        y_shape = (x.shape[0], oh, ow, self.filters)
-        poh, pow_, ppads = K.conv_geometry(y_shape, pool.pool_size, pool.strides, pool.padding)
-        self._cache = self._cache_pool = pool._cache = None  # dead: their buffers get reused
-        p, cache = K.conv2d_relu_maxpool_forward(
-            x, self.params["kernel"], self.params.get("bias"), self.strides, pads, (oh, ow),
-            pool.pool_size, pool.strides, ppads, (poh, pow_),
-            workspace=self._workspace, pool_workspace=pool._workspace)
-        self._cache_pool = cache if training else None
-        self._pool_out_shape = p.shape if training else None
-        self._out_shape = pool._out_shape = None
-        return p
-
-    def backward_pool(self, dp, pool):
-        """Backward of :meth:`forward_pool`: dp (the pool's output gradient) -> dx; fills both
-        layers' ``grads`` (the pool has none). dx is a workspace buffer, overwritten by the next
-        call (Sequential copies it when it would reach its caller)."""
-        cache = self._need_cache(self._cache_pool)
-        if np.shape(dp) != self._pool_out_shape:
-            raise ValueError(f"{self._label()}: dp has shape {np.shape(dp)}, but the last "
-                             f"forward_pool(training=True) gave an output of shape {self._pool_out_shape}")
-        dx, dk, db = K.conv2d_relu_maxpool_backward(dp, cache, self.need_input_grad, workspace=self._workspace)
-        self.grads = {"kernel": dk}
-        if self.use_bias:
-            self.grads["bias"] = db
-        pool.grads = {}
+    def backward_op(self, dy, state, ctx):
+        """dx, dkernel, dbias; after a fused-ReLU forward the kernel first masks dy with [y > 0]."""
+        dx, dk, db = K.conv2d_backward(dy, state.need_cache(self._label()), state.need_dx, ws=state.ws)
+        state.grads = self.grads_of(dk, db)
         return dx
 
-    def backward_pre(self, dz):
-        dx, dk, db = K.conv2d_backward(dz, self._need_cache(self._cache), self.need_input_grad,
-                                       workspace=self._workspace)
-        self.grads = {"kernel": dk}
-        if self.use_bias:
-            self.grads["bias"] = db
-        return dx
+    def grads_of(self, dkernel, dbias):
+        """{'kernel': dkernel, 'bias': dbias} (no bias entry without a bias)."""
+        return {"kernel": dkernel, "bias": dbias} if self.use_bias else {"kernel": dkernel}
+
+    def workspace_bytes(self, input_shape, batch_size, need_dx=True, relu=False):
+        """{buffer: bytes} the conv kernels keep (float32): im2col.cols (pixels, KH*KW*C), conv.out
+        (pixels, F); backward: conv.dz (after a fused ReLU), the bias gradient's float64 partial sums
+        (64 row chunks), conv.dcols and col2im.dx (N, H, W, C) when the input gradient is needed."""
+        oh, ow, _ = self.geometry((batch_size,) + tuple(input_shape))
+        pix = batch_size * oh * ow
+        cols = pix * self.kernel_size[0] * self.kernel_size[1] * input_shape[-1]
+        sizes = {"im2col.cols": 4 * cols, "conv.out": 4 * pix * self.filters,
+                 "conv.db_partial": 8 * min(64, pix) * self.filters}
+        if not self.use_bias:
+            sizes["conv.no_bias"] = 4 * self.filters
+        if relu:
+            sizes["conv.dz"] = 4 * pix * self.filters
+        if need_dx:
+            sizes["conv.dcols"] = 4 * cols
+            sizes["col2im.dx"] = 4 * batch_size * input_shape[0] * input_shape[1] * input_shape[2]
+        return sizes
+
+
+Convolution2D = Conv2D

@@ -12,8 +12,7 @@ class MaxPooling2D(Layer):
 
     Shapes: x (N, H, W, C); y (N, OH, OW, C); strides default to pool_size (Keras).
     Backward: each dy element goes to its window's argmax (the first one on ties);
-    overlapping windows add up. The argmax buffer lives in the layer's workspace and is
-    reused every step of the same batch size.
+    overlapping windows add up. Kernels: ``maxpool2d_forward``/``maxpool2d_backward``.
     """
 
     def __init__(self, pool_size=(2, 2), strides=None, padding="valid", name=None, input_shape=None, **kwargs):
@@ -21,8 +20,6 @@ class MaxPooling2D(Layer):
         self.pool_size = int_pair(pool_size, "pool_size", "MaxPooling2D")
         self.strides = self.pool_size if strides is None else int_pair(strides, "strides", "MaxPooling2D")
         self.padding = K.normalize_padding(padding)
-        self._cache = None
-        self._workspace = {}
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -38,12 +35,25 @@ class MaxPooling2D(Layer):
             )
         return (oh, ow, int(input_shape[-1]))
 
-    def forward_pre(self, x, training=False):
-        oh, ow, pads = K.conv_geometry(x.shape, self.pool_size, self.strides, self.padding)
-        self._cache = None  # the previous step's cache is dead; its argmax buffer gets reused
-        y, cache = K.maxpool2d_forward(x, self.pool_size, self.strides, pads, (oh, ow), workspace=self._workspace)
-        self._cache = cache if training else None
+    def geometry(self, x_shape):
+        """(OH, OW, pads) of this pooling over inputs of shape ``x_shape`` (N, H, W, C)."""
+        return K.conv_geometry(x_shape, self.pool_size, self.strides, self.padding)
+
+    def forward_op(self, x, state, ctx):
+        oh, ow, pads = self.geometry(x.shape)
+        y, cache = K.maxpool2d_forward(x, self.pool_size, self.strides, pads, (oh, ow), ws=state.ws)
+        state.cache = cache if ctx.training else None
         return y
 
-    def backward_pre(self, dy):
-        return K.maxpool2d_backward(dy, self._need_cache(self._cache))
+    def backward_op(self, dy, state, ctx):
+        return K.maxpool2d_backward(dy, state.need_cache(self._label()), ws=state.ws)
+
+    def workspace_bytes(self, input_shape, batch_size, need_dx=True):
+        """{buffer: bytes}: pool.out and pool.argmax (int32), (N, OH, OW, C); backward: pool.dx."""
+        oh, ow, _ = self.geometry((batch_size,) + tuple(input_shape))
+        out = 4 * batch_size * oh * ow * input_shape[-1]
+        return {"pool.out": out, "pool.argmax": out,
+                "pool.dx": 4 * batch_size * input_shape[0] * input_shape[1] * input_shape[2]}
+
+
+MaxPool2D = MaxPooling2D

@@ -1,4 +1,4 @@
-"""npcnn.inspect: model.trace records and the GradientNormLogger fit callback."""
+"""npcnn.introspect: model.trace records and the GradientNormLogger fit callback."""
 
 import contextlib
 import copy
@@ -9,7 +9,7 @@ import pytest
 from conftest import seed_model
 
 from npcnn import callbacks as cbks
-from npcnn.inspect import GradientNormLogger, format_trace, gradient_norms, load_history, save_history, trace
+from npcnn.introspect import GradientNormLogger, format_trace, gradient_norms, load_history, save_history, trace
 from npcnn.layers import Activation, Conv2D, Dense, Flatten, MaxPooling2D
 from npcnn.losses import SparseCategoricalCrossentropy
 from npcnn.models import Sequential

@@ -1,0 +1,282 @@
+"""A model's plan: its layers compiled once into steps, and a loss head.
+
+``Sequential`` never loops over layers directly: it runs a :class:`Plan`, built from the layer list
+(and the loss) the first time it is needed and again whenever they change. A plan is
+
+* a list of **steps**, each with the same contract as a layer's op (``forward(x, state, ctx)``,
+  ``backward(dy, state, ctx)``, one :class:`~npcnn.layers.base.LayerState` per step, owned by the
+  caller). A layer with an activation is two steps, its op then the activation; a few patterns run
+  as one fused step instead (decided here, and only here):
+
+  =============================================  ==========================================
+  layers                                         step
+  =============================================  ==========================================
+  Conv2D + ReLU                                  :class:`ConvReLU` (the ReLU inside the conv kernel)
+  Conv2D + ReLU + MaxPooling2D (not the last)    :class:`ConvReLUMaxPool` (:mod:`npcnn.kernels.fused`)
+  anything else                                  :class:`OpStep` (one layer's op, or one activation)
+  =============================================  ==========================================
+
+  The ReLU may be the Conv2D's ``activation``, an ``Activation('relu')`` or a ``ReLU()`` layer: the
+  function is the same. ``NPCNN_FUSE=0`` (or :func:`set_fusion`) turns the fused steps off.
+
+* a **loss head**: when the last step is a softmax and the loss is the cross-entropy on
+  probabilities, the head owns that softmax: training and ``evaluate`` stop before it and compute
+  softmax + cross-entropy from the logits in one stable kernel (gradient (p - onehot) / N);
+  ``predict`` runs it.
+
+Example::
+
+    plan = compile_plan(model.layers, model.loss)
+    print(plan)        # Plan(ConvReLUMaxPool(conv2d, max_pooling2d), ..., OpStep(dense_1), head: softmax + CE)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npcnn import kernels as K
+from npcnn import losses as losses_mod
+from npcnn.kernels.workspace import Workspace
+from npcnn.layers.activations import ReLU, Softmax
+from npcnn.layers.base import Layer, LayerState
+from npcnn.layers.convolutional import Conv2D
+from npcnn.layers.pooling import MaxPooling2D
+from npcnn.utils import env_flag
+
+FUSE = env_flag("NPCNN_FUSE", True)
+
+
+def set_fusion(enabled) -> bool:
+    """Turn the fused steps (conv + ReLU (+ max-pool)) on or off for plans compiled from now on;
+    returns the previous setting. Results differ only by float rounding (see npcnn.kernels.fused)."""
+    global FUSE
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"set_fusion: enabled must be True or False, got {enabled!r}")
+    previous, FUSE = FUSE, bool(enabled)
+    return previous
+
+
+# ---------------------------------------------------------------------------------------- steps
+class Step:
+    """One unit of a plan. Subclasses set ``layers`` (the model layers it covers, for messages and
+    the summary), ``param_layer`` (the layer whose params its ``state.grads`` and whose buffers its
+    ``state.updates`` refer to, or None) and implement ``forward``/``backward``."""
+
+    layers: tuple = ()
+    param_layer = None
+
+    def forward(self, x, state, ctx):
+        raise NotImplementedError
+
+    def backward(self, dy, state, ctx):
+        raise NotImplementedError
+
+    def workspace_bytes(self, input_shape, batch_size, need_dx=True):
+        """{buffer name: bytes} that this step's kernels keep in its workspace after a training step
+        of ``batch_size`` float32 samples of shape ``input_shape`` (Numba backend)."""
+        return {}
+
+    def label(self):
+        return ", ".join(layer.name or type(layer).__name__ for layer in self.layers)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.label()})"
+
+
+class OpStep(Step):
+    """One op: a layer's own op (``op is layer``) or its activation (``op is layer.activation``)."""
+
+    def __init__(self, op, layer):
+        self.op, self.layers = op, (layer,)
+        self.param_layer = layer if op is layer else None
+
+    def forward(self, x, state, ctx):
+        return self.op.forward_op(x, state, ctx)
+
+    def backward(self, dy, state, ctx):
+        return self.op.backward_op(dy, state, ctx)
+
+    def workspace_bytes(self, input_shape, batch_size, need_dx=True):
+        return self.op.workspace_bytes(input_shape, batch_size, need_dx)
+
+    def __repr__(self):
+        what = self.layers[0].name if self.op is self.layers[0] else f"{self.layers[0].name}.activation"
+        return f"OpStep({what}: {type(self.op).__name__})"
+
+
+class ConvReLU(Step):
+    """Conv2D then ReLU with the ReLU inside the convolution kernel (bias + max(., 0) in one pass;
+    backward masks dy with [y > 0] in the bias-gradient pass)."""
+
+    def __init__(self, conv, relu_layer):
+        self.conv, self.param_layer = conv, conv
+        self.layers = (conv,) if relu_layer is conv else (conv, relu_layer)
+
+    def forward(self, x, state, ctx):
+        return self.conv.forward_op(x, state, ctx, relu=True)
+
+    def backward(self, dy, state, ctx):
+        return self.conv.backward_op(dy, state, ctx)
+
+    def workspace_bytes(self, input_shape, batch_size, need_dx=True):
+        return self.conv.workspace_bytes(input_shape, batch_size, need_dx, relu=True)
+
+
+class ConvReLUMaxPool(Step):
+    """Conv2D, ReLU and MaxPooling2D as one op (:mod:`npcnn.kernels.fused`): the conv output is
+    pooled before the bias and the ReLU, which then run on the pooled values only.
+
+    Shapes: x (N, H, W, C) -> p (N, PH, PW, F), PH x PW the pooled grid."""
+
+    def __init__(self, conv, relu_layer, pool):
+        self.conv, self.pool, self.param_layer = conv, pool, conv
+        self.layers = (conv, pool) if relu_layer is conv else (conv, relu_layer, pool)
+
+    def forward(self, x, state, ctx):
+        conv, pool = self.conv, self.pool
+        oh, ow, pads = conv.geometry(x.shape)
+        poh, pow_, ppads = pool.geometry((x.shape[0], oh, ow, conv.filters))
+        p, cache = K.conv2d_relu_maxpool_forward(
+            x, conv.params["kernel"], conv.params.get("bias"), conv.strides, pads, (oh, ow),
+            pool.pool_size, pool.strides, ppads, (poh, pow_), ws=state.ws)
+        state.cache = cache if ctx.training else None
+        return p
+
+    def backward(self, dp, state, ctx):
+        dx, dk, db = K.conv2d_relu_maxpool_backward(dp, state.need_cache(self.label()), state.need_dx, ws=state.ws)
+        state.grads = self.conv.grads_of(dk, db)
+        return dx
+
+    def workspace_bytes(self, input_shape, batch_size, need_dx=True):
+        conv, pool = self.conv, self.pool
+        oh, ow, _ = conv.geometry((batch_size,) + tuple(input_shape))
+        poh, pow_, _ = pool.geometry((batch_size, oh, ow, conv.filters))
+        z = batch_size * oh * ow * conv.filters
+        p = batch_size * poh * pow_ * conv.filters
+        cols = batch_size * oh * ow * conv.kernel_size[0] * conv.kernel_size[1] * input_shape[-1]
+        sizes = {"im2col.cols": cols, "conv.out": z, "pool.out": p, "pool.argmax": p,
+                 "fused.dp_masked": p, "fused.db_partial": 2 * min(64, p // conv.filters) * conv.filters,
+                 "pool.dx": z}
+        if not conv.use_bias:
+            sizes["fused.no_bias"] = conv.filters
+        if need_dx:
+            sizes.update({"conv.dcols": cols, "col2im.dx": batch_size * int(np.prod(input_shape))})
+        return {k: 4 * v for k, v in sizes.items()}
+
+
+# ----------------------------------------------------------------------------------------- plan
+def _ops(layers):
+    """[(op, layer)]: each layer's op, then its activation (an Activation layer is its activation)."""
+    ops = []
+    for layer in layers:
+        if type(layer).forward_op is not Layer.forward_op:  # skip identity ops (Activation)
+            ops.append((layer, layer))
+        if layer.activation is not None:
+            ops.append((layer.activation, layer))
+    return ops
+
+
+def compile_plan(layers, loss=None, fuse=None):
+    """The steps (and loss head) that run ``layers``; see the module docstring for the rules."""
+    fuse = FUSE if fuse is None else fuse
+    ops = _ops(layers)
+    steps = []
+    i = 0
+    while i < len(ops):
+        op, layer = ops[i]
+        nxt = ops[i + 1][0] if i + 1 < len(ops) else None
+        if fuse and type(op) is Conv2D and type(nxt) is ReLU:
+            relu_owner = ops[i + 1][1]
+            after = ops[i + 2][0] if i + 2 < len(ops) else None
+            if type(after) is MaxPooling2D and after is not layers[-1] and after.activation is None:
+                steps.append(ConvReLUMaxPool(op, relu_owner, after))
+                i += 3
+                continue
+            steps.append(ConvReLU(op, relu_owner))
+            i += 2
+            continue
+        steps.append(OpStep(op, layer))
+        i += 1
+    return Plan(steps, loss)
+
+
+class Plan:
+    """Steps and loss head of a model (see the module docstring). Shapes: x (N,) + input shape."""
+
+    def __init__(self, steps, loss=None):
+        self.steps = steps
+        self.loss = loss
+        from_logits = bool(getattr(loss, "from_logits", False))
+        last = steps[-1] if steps else None
+        ends_in_softmax = isinstance(last, OpStep) and isinstance(last.op, Softmax)
+        #: the loss applies the final softmax itself (fused softmax + cross-entropy from the logits)
+        self.owns_softmax = loss is not None and ends_in_softmax and not from_logits
+        #: the loss reads logits (the owned softmax's input, or the outputs with from_logits=True)
+        self.logits_loss = self.owns_softmax or from_logits
+        self.needs_rng = any(getattr(layer, "needs_rng", False) for step in steps for layer in step.layers)
+        param_steps = [s for s in steps if s.param_layer is not None]
+        self._param_steps = param_steps
+
+    def new_states(self, parallel=None, workspaces=True):
+        """One fresh :class:`LayerState` per step (the first step computes no input gradient);
+        ``workspaces``: give each a reusable :class:`Workspace` (else every array is fresh)."""
+        return [LayerState(ws=Workspace(parallel=parallel) if workspaces else None, need_dx=i > 0)
+                for i in range(len(self.steps))]
+
+    def _count(self, logits):
+        return len(self.steps) - 1 if logits and self.owns_softmax else len(self.steps)
+
+    def forward(self, x, states, ctx, logits=False):
+        """Run the steps; with ``logits`` (and an owned softmax) stop before the final softmax."""
+        for step, st in zip(self.steps[:self._count(logits)], states):
+            x = step.forward(x, st, ctx)
+        return x
+
+    def backward(self, dy, states, ctx, logits=False):
+        """Backpropagate dy (w.r.t. the output, or the logits with ``logits``); returns dx or None."""
+        n = self._count(logits)
+        for i in range(n - 1, -1, -1):
+            dy = self.steps[i].backward(dy, states[i], ctx)
+        return dy
+
+    def loss_and_grad(self, x, labels, states, ctx, scale=1.0):
+        """Loss and output of one (shard of a) batch; gradients land in the states' ``grads``.
+
+        The loss gradient is multiplied by ``scale`` (a shard's share n_shard / N of the batch, so
+        that the shards' gradients add up to the batch's). Returns (loss, out); out holds logits
+        when :attr:`logits_loss`."""
+        out = self.forward(x, states, ctx, logits=self.logits_loss)
+        loss, dout = losses_mod.unchecked_compute(self.loss)(out, labels, logits=self.logits_loss)
+        if scale != 1.0:
+            dout = dout * dout.dtype.type(scale)
+        self.backward(dout, states, ctx, logits=self.logits_loss)
+        return float(loss), out
+
+    def grads(self, states):
+        """[[gradient per param of the step's layer, in params order] per param step]."""
+        index = {id(s): i for i, s in enumerate(self.steps)}
+        return [[states[index[id(s)]].grads[k] for k in s.param_layer.params] for s in self._param_steps]
+
+    def updates(self, states):
+        """[(layer, {buffer: new value})] declared by the last training forward."""
+        index = {id(s): i for i, s in enumerate(self.steps)}
+        return [(s.param_layer, states[index[id(s)]].updates) for s in self._param_steps
+                if states[index[id(s)]].updates]
+
+    @property
+    def param_layers(self):
+        return [s.param_layer for s in self._param_steps]
+
+    def workspace_bytes(self, input_shape, batch_size):
+        """{(step index, buffer name): bytes} over every step, for a training step of ``batch_size``."""
+        out = {}
+        shape = tuple(input_shape)
+        for i, step in enumerate(self.steps):
+            for name, n in step.workspace_bytes(shape, batch_size, need_dx=i > 0).items():
+                out[(i, name)] = n
+            shape = tuple(step.layers[-1].output_shape)
+        return out
+
+    def __repr__(self):
+        head = ", head: softmax + cross-entropy" if self.owns_softmax else ""
+        return "Plan(" + ", ".join(map(repr, self.steps)) + head + ")"
