@@ -109,6 +109,13 @@ def test_workspace_buffers_are_reused():
     assert y1 is y2 and y1 is ws["batchnorm_forward.y"]
     y3, _ = k["forward"](x, np.zeros(8), np.ones(8), gamma, beta, EPS)  # no ws: a fresh array
     assert y3 is not y1
+    # the (C,) sums leave the shard (reduced across shards; dbeta, dgamma): fresh arrays even with a ws
+    s1, s2 = k["sum"](x, ws=ws), k["sum"](x, ws=ws)
+    assert not np.shares_memory(s1, s2) and not any(np.shares_memory(s1, b) for b in ws.values())
+    _, cache = k["forward"](x, s1 / 100, np.ones(8), gamma, beta, EPS, ws=ws)
+    a1, _ = k["backward_sums"](dy, cache, ws=ws)
+    a2, b2 = k["backward_sums"](dy, cache, ws=ws)
+    assert not np.shares_memory(a1, a2) and not any(np.shares_memory(g, b) for g in (a2, b2) for b in ws.values())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -35,13 +35,14 @@ in float64 per element and is rounded once to x's dtype (outputs are x's dtype, 
 for float32 input).
 
 Each kernel has a readable NumPy twin (``*_numpy``) and a Numba version (``*_numba``) with the
-same signature; ``ws`` is a workspace (dict) or None, and the Numba versions take every array
-they return or use from it (:func:`npcnn.kernels.workspace.buffer`), so results are valid until
-the next call with the same ``ws``. The Numba sums cut the rows into a fixed number of chunks
-(a function of M only), write one float64 partial per chunk and add the partials in chunk
-order: the result does not depend on the thread count and the serial and ``prange`` drivers
-agree bit for bit. The twins use NumPy's own summation order (they agree with the Numba sums
-to about 1e-15 relative in float64, tested).
+same signature; ``ws`` is a Workspace (dict) or None. The Numba versions take their large
+arrays from it (:func:`npcnn.kernels.workspace.buffer`): y, the cache's arrays and dx are
+buffers that the next call with the same ``ws`` overwrites; the (C,) sums are fresh arrays (they
+leave the shard). The Numba sums cut the rows into a fixed number of chunks (a function of M
+only), write one float64 partial per chunk and add the partials in chunk order: the result does
+not depend on the thread count and the serial and ``prange`` drivers agree bit for bit. The
+twins use NumPy's own summation order (they agree with the Numba sums to 1e-12 relative, tested;
+typically 1e-14).
 
 :func:`batchnorm_train_forward_reference` / :func:`batchnorm_train_backward_reference` are the
 step-by-step computation graph for learners (cs231n's ``batchnorm_forward`` / ``batchnorm_backward``),
@@ -205,6 +206,11 @@ def batchnorm_train_backward_reference(dy, graph):
 # `step` rows (the same cut for every thread count); a sum kernel writes one float64 row of
 # partials per chunk into a (T, C) buffer and `_add_chunks` adds them in chunk order, so the
 # serial and prange drivers run the very same float operations in the same order.
+#
+# Buffers: the large arrays (y, xhat, dx, the chunk partials, copies of non-contiguous inputs)
+# come from the workspace. The (C,) results of the four sums are fresh arrays, as the parameter
+# gradients of every kernel are: they leave the shard (to be added across shards, and sum_dy /
+# sum_dy_xhat become dbeta / dgamma for the optimizer), so they must outlive the next call.
 
 from numba import njit, prange  # noqa: E402
 
@@ -375,12 +381,12 @@ def _bwd_ser(dy, xhat, k, sum_dy, sum_dy_xhat, count, dx, chunks):
 
 
 def _column_sums(name, x, mean, centred, ws):
-    """Shared driver of the two sum kernels: x (M, C) -> (C,) float64 (a workspace buffer)."""
+    """Shared driver of the two sum kernels: x (M, C) -> (C,) float64."""
     M, C = x.shape
     parts = buffer(ws, f"{name}.parts", (_n_chunks(M), 1, C), np.float64)
     fn = _sum_par if run_parallel(x.size, ws) else _sum_ser
     fn(x, mean, centred, parts)
-    out = buffer(ws, f"{name}.out", (1, C), np.float64)
+    out = np.empty((1, C), np.float64)  # fresh: it leaves the shard to be reduced (see the note above)
     _add_chunks(parts, out)
     return out[0]
 
@@ -389,7 +395,7 @@ _NO_MEAN = np.zeros(0, np.float64)  # the plain sum's mean argument (never read)
 
 
 def batchnorm_sum_numba(x, ws=None):
-    """Per-channel sum (Numba); same as :func:`batchnorm_sum_numpy`. Returns a workspace buffer."""
+    """Per-channel sum (Numba); same as :func:`batchnorm_sum_numpy`."""
     x2 = _rows(_contiguous(x, ws, "batchnorm_sum.x"))
     return _column_sums("batchnorm_sum", x2, _NO_MEAN, False, ws)
 
@@ -426,16 +432,13 @@ def batchnorm_forward_numba(x, mean, var, gamma, beta, epsilon, ws=None):
 
 
 def batchnorm_backward_sums_numba(dy, cache, ws=None):
-    """This shard's (sum_dy, sum_dy_xhat) (Numba); as :func:`batchnorm_backward_sums_numpy`.
-
-    Both are (C,) float64 views of one workspace buffer.
-    """
+    """This shard's (sum_dy, sum_dy_xhat) (Numba); as :func:`batchnorm_backward_sums_numpy`."""
     dy2 = _rows(_contiguous(np.asarray(dy, cache.xhat.dtype), ws, "batchnorm_backward_sums.dy"))
     M, C = dy2.shape
     parts = buffer(ws, "batchnorm_backward_sums.parts", (_n_chunks(M), 2, C), np.float64)
     fn = _bwd_sums_par if run_parallel(dy2.size, ws) else _bwd_sums_ser
     fn(dy2, _rows(cache.xhat), parts)
-    out = buffer(ws, "batchnorm_backward_sums.out", (2, C), np.float64)
+    out = np.empty((2, C), np.float64)  # fresh: parameter gradients (see the note above)
     _add_chunks(parts, out)
     return out[0], out[1]
 
