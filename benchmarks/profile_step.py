@@ -18,6 +18,7 @@ figures are *thread*-milliseconds per step and the shares are of ``threads x wal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import threading
 import time
 from collections import defaultdict
@@ -52,48 +53,34 @@ def _timed(category, fn):
 
 
 def instrument(model):
-    """Wrap every kernel entry point with a timer; returns an undo function."""
-    undo = []
+    """Wrap every kernel entry point with a timer; returns an undo function.
+
+    Whole kernels are replaced through the registry (``npcnn.kernels.override``, both backends),
+    which also reaches them inside the composite kernels (conv's im2col and col2im, the fused
+    op's max-pool); the GEMMs and the bias/ReLU passes of conv and the fused op are module
+    attributes that those kernels look up at call time.
+    """
+    stack = contextlib.ExitStack()
 
     def patch(obj, name, category):
         old = getattr(obj, name)
         setattr(obj, name, _timed(category, old))
-        undo.append((obj, name, old))
+        stack.callback(setattr, obj, name, old)
 
     patch(conv_mod, "gemm", "GEMM (conv)")
-    patch(conv_mod, "im2col_numba", "im2col")
-    patch(conv_mod, "col2im_numba", "col2im")
     for driver in ("par", "ser"):
         patch(conv_mod, f"_bias_relu_{driver}", "bias+ReLU (conv fwd)")
         patch(conv_mod, f"_mask_db_{driver}", "ReLU mask + db (conv bwd)")
-    patch(conv_mod, "im2col_numpy", "im2col")
-    patch(conv_mod, "col2im_numpy", "col2im")
-    patch(K, "dense_forward", "Dense (GEMM)")
-    patch(K, "dense_backward", "Dense (GEMM)")
-    from npcnn.kernels import optim
-    from npcnn.kernels import pool as pool_mod
-
-    patch(pool_mod, "maxpool2d_forward_numba", "max-pool fwd")  # as the fused conv + pool op calls them
-    patch(pool_mod, "maxpool2d_backward_numba", "max-pool bwd")
-    patch(optim, "add_arrays_numba", "shard sum + NaN check")
-    patch(optim, "all_finite_numba", "shard sum + NaN check")
-    for name, cat in (("maxpool2d_forward", "max-pool fwd"), ("maxpool2d_backward", "max-pool bwd"),
+    for name, cat in (("im2col", "im2col"), ("col2im", "col2im"),
+                      ("maxpool2d_forward", "max-pool fwd"), ("maxpool2d_backward", "max-pool bwd"),
+                      ("dense_forward", "Dense (GEMM)"), ("dense_backward", "Dense (GEMM)"),
                       ("relu_forward", "ReLU (Dense)"), ("relu_backward", "ReLU (Dense)"),
                       ("sparse_softmax_ce", "softmax-CE"), ("add_arrays", "shard sum + NaN check"),
                       ("all_finite", "shard sum + NaN check")):
-        for backend, fn in list(K._REGISTRY[name].items()):
-            K._REGISTRY[name][backend] = _timed(cat, fn)
-            undo.append((K._REGISTRY[name], backend, fn))
+        for backend in ("numpy", "numba"):
+            stack.enter_context(K.override(name, _timed(cat, K.get_kernel(name, backend)), backend))
     patch(model.optimizer, "apply", "Adam")
-
-    def restore():
-        for obj, name, old in reversed(undo):
-            if isinstance(obj, dict):
-                obj[name] = old
-            else:
-                setattr(obj, name, old)
-
-    return restore
+    return stack.close
 
 
 def profile(backend, batch, steps):

@@ -3,7 +3,8 @@
 The layers of the Keras CIFAR-10 CNN, per sample:
 conv1 (32, 32, 3) -> 32 filters 3x3; pool1 (30, 30, 32); conv2 (15, 15, 32) -> 64;
 pool2 (13, 13, 64); conv3 (6, 6, 64) -> 64; ReLU on Dense(64); softmax-CE on 10 classes.
-The Numba versions get a workspace, as the layers give them, so their buffers are reused.
+The Numba versions get a Workspace, as the layers give them, so their buffers are reused
+(the twins ignore it). Every kernel call passes ``ws=`` the same way on both backends.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 
 from npcnn import kernels as K
 from npcnn.kernels import activations, conv, im2col, pool, softmax_ce
+from npcnn.kernels.workspace import Workspace
 
 BATCHES = (32, 128)
 BACKENDS = ("numpy", "numba")
@@ -24,6 +26,11 @@ def _impl(module, name, backend):
     return getattr(module, f"{name}_{backend}")
 
 
+def _ws(backend):
+    """The keyword arguments of a kernel call: a Workspace for Numba (as a layer gives), none for the twin."""
+    return {"ws": Workspace()} if backend == "numba" else {}
+
+
 def _conv_setup(layer, n, backend):
     (h, w, c), f = CONVS[layer]
     rng = np.random.default_rng(0)
@@ -31,7 +38,7 @@ def _conv_setup(layer, n, backend):
     kernel = (rng.standard_normal((3, 3, c, f)) * 0.1).astype(np.float32)
     bias = np.zeros(f, np.float32)
     oh, ow, pads = K.conv_geometry(x.shape, (3, 3), (1, 1), "valid")
-    kw = {"workspace": {}} if backend == "numba" else {}
+    kw = _ws(backend)
     fwd = _impl(conv, "conv2d_forward", backend)
     return x, kernel, bias, pads, (oh, ow), kw, fwd
 
@@ -74,7 +81,7 @@ def test_col2im(benchmark, info, backend, layer, n):
     x, kernel, bias, pads, out_hw, kw, _ = _conv_setup(layer, n, backend)
     cols = np.random.default_rng(1).standard_normal((n * out_hw[0] * out_hw[1], 9 * x.shape[3])).astype(np.float32)
     info.update(kernel="col2im", layer=layer, batch=n, backend=backend)
-    benchmark(_impl(im2col, "col2im", backend), cols, x.shape, (3, 3), (1, 1), pads, out_hw)
+    benchmark(_impl(im2col, "col2im", backend), cols, x.shape, (3, 3), (1, 1), pads, out_hw, **kw)
 
 
 def _pool_setup(layer, n):
@@ -88,7 +95,7 @@ def _pool_setup(layer, n):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_maxpool_forward(benchmark, info, backend, layer, n):
     x, pads, out_hw = _pool_setup(layer, n)
-    kw = {"workspace": {}} if backend == "numba" else {}
+    kw = _ws(backend)
     info.update(kernel="maxpool2d_forward", layer=layer, batch=n, backend=backend)
     benchmark(_impl(pool, "maxpool2d_forward", backend), x, (2, 2), (2, 2), pads, out_hw, **kw)
 
@@ -98,10 +105,11 @@ def test_maxpool_forward(benchmark, info, backend, layer, n):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_maxpool_backward(benchmark, info, backend, layer, n):
     x, pads, out_hw = _pool_setup(layer, n)
-    y, cache = _impl(pool, "maxpool2d_forward", backend)(x, (2, 2), (2, 2), pads, out_hw)
+    kw = _ws(backend)
+    y, cache = _impl(pool, "maxpool2d_forward", backend)(x, (2, 2), (2, 2), pads, out_hw, **kw)
     dout = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
     info.update(kernel="maxpool2d_backward", layer=layer, batch=n, backend=backend)
-    benchmark(_impl(pool, "maxpool2d_backward", backend), dout, cache)
+    benchmark(_impl(pool, "maxpool2d_backward", backend), dout, cache, **kw)
 
 
 @pytest.mark.parametrize("n", BATCHES)
@@ -109,10 +117,11 @@ def test_maxpool_backward(benchmark, info, backend, layer, n):
 def test_relu_forward_backward(benchmark, info, backend, n):
     x = np.random.default_rng(0).standard_normal((n, 64)).astype(np.float32)
     fwd, bwd = _impl(activations, "relu_forward", backend), _impl(activations, "relu_backward", backend)
+    kw = _ws(backend)
 
     def both():
-        y, cache = fwd(x)
-        return bwd(x, cache)
+        y, cache = fwd(x, **kw)
+        return bwd(x, cache, **kw)
 
     info.update(kernel="relu forward+backward", layer="dense1", batch=n, backend=backend)
     benchmark(both)
@@ -125,7 +134,29 @@ def test_softmax_ce(benchmark, info, backend, n):
     z = rng.standard_normal((n, 10)).astype(np.float32)
     y = rng.integers(0, 10, n)
     info.update(kernel="sparse_softmax_ce (loss + gradient)", batch=n, backend=backend)
-    benchmark(_impl(softmax_ce, "sparse_softmax_ce", backend), z, y)
+    benchmark(_impl(softmax_ce, "sparse_softmax_ce", backend), z, y, **_ws(backend))
+
+
+@pytest.mark.parametrize("n", BATCHES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_forward_backward(benchmark, info, backend, n):
+    """Dense(64) on the flattened conv3 output (1024 features), forward and backward (with dx)."""
+    from npcnn.kernels import dense
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 1024)).astype(np.float32)
+    kernel = (rng.standard_normal((1024, 64)) * 0.03).astype(np.float32)
+    bias = np.zeros(64, np.float32)
+    dy = rng.standard_normal((n, 64)).astype(np.float32)
+    fwd, bwd = _impl(dense, "dense_forward", backend), _impl(dense, "dense_backward", backend)
+    kw = _ws(backend)
+
+    def both():
+        y, cache = fwd(x, kernel, bias, **kw)
+        return bwd(dy, cache, True, **kw)
+
+    info.update(kernel="dense forward+backward", layer="dense1", batch=n, backend=backend)
+    benchmark(both)
 
 
 FUSED = {"conv1+pool1": "conv1", "conv2+pool2": "conv2"}
@@ -137,7 +168,7 @@ def _fused_setup(pair, n, backend):
     x, kernel, bias, pads, out_hw, _, _ = _conv_setup(FUSED[pair], n, backend)
     poh, pow_, ppads = K.conv_geometry((n,) + out_hw + (kernel.shape[3],), (2, 2), (2, 2), "valid")
     args = (x, kernel, bias, (1, 1), pads, out_hw, (2, 2), (2, 2), ppads, (poh, pow_))
-    kw = {"workspace": {}, "pool_workspace": {}} if backend == "numba" else {}
+    kw = _ws(backend)  # one Workspace for the fused block, as the model gives it
     return args, kw, _impl(fused, "conv2d_relu_maxpool_forward", backend), \
         _impl(fused, "conv2d_relu_maxpool_backward", backend)
 
@@ -160,9 +191,8 @@ def test_conv_relu_pool_backward(benchmark, info, backend, pair, n):
     p, cache = fwd(*args, **kw)
     dp = np.random.default_rng(1).standard_normal(p.shape).astype(np.float32)
     need_dx = pair != "conv1+pool1"
-    bkw = {"workspace": kw["workspace"]} if kw else {}
     info.update(kernel="conv2d_relu_maxpool_backward", layer=pair, batch=n, backend=backend, need_dx=need_dx)
-    benchmark(bwd, dp, cache, need_dx, **bkw)
+    benchmark(bwd, dp, cache, need_dx, **kw)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,11 +1,12 @@
 """The NumPy and Numba kernels side by side: time each op of the tutorial model on both backends.
 
 For every kernel that the layers call (im2col, col2im, conv forward/backward, max-pool forward/backward,
-ReLU forward/backward, fused softmax cross-entropy) at the shapes of the Keras CIFAR-10 tutorial model,
-it runs the NumPy twin and the Numba version on the same float32 inputs, checks they agree, and prints
-the best of ``--repeat`` timings in milliseconds and the speed-up. The first call of each Numba kernel
-(its compilation, or loading it from the cache) is excluded. A kernel without a Numba version yet is
-marked 'NumPy twin'. With matplotlib (``pip install -e .[plot]``) it also writes a bar chart (PNG);
+ReLU forward/backward, Dense forward/backward, softmax, fused softmax cross-entropy) at the shapes of
+the Keras CIFAR-10 tutorial model, it runs the NumPy twin and the Numba version on the same float32
+inputs, checks they agree, and prints the best of ``--repeat`` timings in milliseconds and the
+speed-up. The Numba version gets a Workspace (``ws=``), as a layer gives it, so its buffers are
+reused from call to call. The first call of each Numba kernel (its compilation, or loading it from
+the cache) is excluded. A kernel registered without a Numba version of its own is marked 'NumPy twin'. With matplotlib (``pip install -e .[plot]``) it also writes a bar chart (PNG);
 without, it skips the plot with a message.
 
 This is a quick look, not the benchmark suite: see benchmarks/ for pytest-benchmark runs with
@@ -22,6 +23,7 @@ import time
 import numpy as np
 
 from npcnn import kernels as K
+from npcnn.kernels.workspace import Workspace
 from npcnn.utils import pyplot
 
 
@@ -66,8 +68,16 @@ def cases(batch, rng):
     out.append(("relu forward", f"x {x.shape}", "relu_forward", lambda be, x=x: (x,)))
     out.append(("relu backward", f"x {x.shape}", "relu_backward",
                 lambda be, x=x, d=dy: (d, K.get_kernel("relu_forward", be)(x)[1])))
+    xd = rng.standard_normal((batch, 1024), dtype=np.float32)
+    wd = rng.standard_normal((1024, 64), dtype=np.float32) * 0.03
+    bd = rng.standard_normal(64, dtype=np.float32)
+    dyd = rng.standard_normal((batch, 64), dtype=np.float32)
+    out.append(("dense forward", f"x {xd.shape} * k {wd.shape}", "dense_forward", lambda be: (xd, wd, bd)))
+    out.append(("dense backward", f"x {xd.shape} * k {wd.shape}", "dense_backward",
+                lambda be: (dyd, K.get_kernel("dense_forward", be)(xd, wd, bd)[1], True)))
     logits = rng.standard_normal((batch, 10), dtype=np.float32)
     labels = rng.integers(0, 10, batch)
+    out.append(("softmax", f"z {logits.shape}", "softmax_forward", lambda be: (logits,)))
     out.append(("softmax-CE", f"logits {logits.shape}", "sparse_softmax_ce", lambda be: (logits, labels)))
     return out
 
@@ -92,12 +102,13 @@ def set_threads(n):
     return n if n is not None else numba.get_num_threads()
 
 
-def best_ms(fn, args, repeat):
-    fn(*args)  # warm-up: Numba compiles (or loads its cache) here
+def best_ms(fn, args, repeat, kwargs=None):
+    kwargs = kwargs or {}
+    fn(*args, **kwargs)  # warm-up: Numba compiles (or loads its cache) here; the buffers are made
     best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
-        fn(*args)
+        fn(*args, **kwargs)
         best = min(best, time.perf_counter() - t)
     return best * 1e3
 
@@ -132,8 +143,9 @@ def main(argv=None):
         times, outs = {}, {}
         for be, fn in fns.items():
             a = make_args(be)
-            times[be] = best_ms(fn, a, args.repeat)
-            outs[be] = np.array(first_array(fn(*a)), copy=True)
+            kw = {"ws": Workspace()} if be == "numba" else {}  # results are ws buffers: copied below
+            times[be] = best_ms(fn, a, args.repeat, kw)
+            outs[be] = np.array(first_array(fn(*a, **kw)), copy=True)
         diff = float(np.abs(outs["numpy"].astype(np.float64) - outs["numba"]).max())
         note = "  (NumPy twin)" if twin else ""
         print(f"{label:<16} {shapes:<40} {times['numpy']:>9.3f} {times['numba']:>9.3f} "
