@@ -249,6 +249,8 @@ def test_errors(backend):
     for noise in [(3,), (3, 4, 1), (2, 4), (3, 5)]:
         with pytest.raises(ValueError, match="noise_shape"):
             fwd(backend)(x, 0.5, 0, 0, noise)
+    with pytest.raises(ValueError, match="sample_offset"):
+        fwd(backend)(x, 0.5, 0, -1)
 
 
 def test_non_contiguous_input():

@@ -95,9 +95,11 @@ def _mask_shape(x_shape, noise_shape):
     return out
 
 
-def _check_rate(rate):
+def _check(rate, sample_offset):
     if not 0 <= rate < 1:
         raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    if not 0 <= sample_offset < 2**63:
+        raise ValueError(f"sample_offset is an index into the batch, >= 0; got {sample_offset}")
 
 
 def _threshold(rate):
@@ -140,10 +142,10 @@ def dropout_forward_numpy(x, rate, seed, sample_offset, noise_shape=None, ws=Non
         y: x's shape and dtype, x * keep * 1 / (1 - rate) (dropped values exactly 0);
         cache: :class:`DropoutCache`.
     Raises:
-        ValueError: rate outside [0, 1); noise_shape not of a sample's rank, or an entry neither 1
-            nor the axis size.
+        ValueError: rate outside [0, 1); a negative sample_offset; noise_shape not of a sample's
+            rank, or an entry neither 1 nor the axis size.
     """
-    _check_rate(rate)
+    _check(rate, sample_offset)
     mask = dropout_mask_numpy(seed, sample_offset, x.shape[0], _mask_shape(x.shape, noise_shape), rate)
     scale = _scale(rate, x.dtype)
     y = np.where(mask != 0, x * scale, x.dtype.type(0))  # mask broadcasts along its 1s
@@ -280,7 +282,7 @@ def dropout_forward_numba(x, rate, seed, sample_offset, noise_shape=None, ws=Non
 
     y and the cache's mask are workspace buffers.
     """
-    _check_rate(rate)
+    _check(rate, sample_offset)
     x = _contiguous(np.asarray(x), ws, "dropout_forward.x")
     N = x.shape[0]
     mask_shape = _mask_shape(x.shape, noise_shape)
