@@ -203,6 +203,51 @@ def test_py2_style_official_pickles(tmp_path):
     assert cifar10.load_meta(tmp_path) == list(cifar10.CLASS_NAMES)
 
 
+@pytest.mark.parametrize("protocol", [0, 1, 2])
+def test_python3_low_protocol_pickles(tmp_path, protocol):
+    """Python 3 writes bytes at protocols 0-2 through ``_codecs.encode(str, 'latin1')`` (issue 11 item 14)."""
+    expected = make_fake_cifar(tmp_path, protocol=protocol)
+    assert b"_codecs" in (tmp_path / "cifar-10-batches-py" / "data_batch_1").read_bytes()
+    check_matches(cifar10.load_data(tmp_path), expected)
+    assert cifar10.load_meta(tmp_path) == list(cifar10.CLASS_NAMES)
+
+
+class _Encode:
+    """Pickles as a call of ``_codecs.encode(*args)``."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __reduce__(self):
+        import _codecs
+
+        return (_codecs.encode, self.args)
+
+
+@pytest.mark.parametrize("args", [("abc", "utf-8"), ("abc", "rot13"), (b"abc", "latin1"), ("abc", "latin1", "ignore"),
+                                  ("abc",), ("abc", "no-such-codec"), (3, "latin1")])
+def test_codecs_encode_only_for_latin1_strings(tmp_path, args):
+    make_fake_cifar(tmp_path)
+    d = _batch_dict(np.random.default_rng(0), PER_BATCH, "data_batch_1")
+    d[b"batch_label"] = _Encode(*args)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(d, protocol=2))
+    with pytest.raises(CIFAR10FormatError, match=r"data_batch_1.*refusing _codecs.encode"):
+        cifar10.load_data(tmp_path)
+
+
+def test_other_codecs_globals_are_still_forbidden(tmp_path):
+    import _codecs
+
+    class _Decode:
+        def __reduce__(self):
+            return (_codecs.decode, (b"abc", "latin1"))
+
+    make_fake_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(_Decode(), protocol=2))
+    with pytest.raises(CIFAR10FormatError, match="forbidden global _codecs.decode"):
+        cifar10.load_data(tmp_path)
+
+
 # ---------------------------------------------------------------------------- hostile and broken files
 class _Evil:
     def __init__(self, marker):

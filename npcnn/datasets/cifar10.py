@@ -21,13 +21,15 @@ never falls back to anything else; the small bundled sample is reachable only
 explicitly, through :func:`load_sample`.
 
 The batch files are pickles. They are read with a restricted unpickler that
-admits only plain containers, bytes/str/numbers and NumPy's array
-reconstruction, so a crafted file raises :class:`CIFAR10FormatError` and runs
+admits only plain containers, bytes/str/numbers, NumPy's array reconstruction
+and latin-1 byte strings (``_codecs.encode``, how Python 3 pickles bytes at
+protocol 2), so a crafted file raises :class:`CIFAR10FormatError` and runs
 nothing; a truncated or malformed file raises the same error, naming the file.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import pickle
@@ -65,13 +67,17 @@ class CIFAR10FormatError(ValueError):
 
 # ---------------------------------------------------------------------------- restricted unpickling
 # Exactly what the official files (pickled by Python 2 / NumPy 1) and copies written by
-# NumPy 2 refer to: ndarray reconstruction and dtypes. Nothing else can be called.
+# NumPy 2 refer to: ndarray reconstruction and dtypes; plus ``_codecs.encode``, through which
+# Python 3 writes bytes at protocols 0-2 (``_codecs.encode('...', 'latin1')``), admitted only
+# as that: a str encoded as latin-1 into bytes. Nothing else can be called.
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
+_LATIN_1 = codecs.lookup("latin-1").name
 
 
 def _safe_dtype(*args, **kwargs):
@@ -79,6 +85,19 @@ def _safe_dtype(*args, **kwargs):
     if dt.hasobject:
         raise pickle.UnpicklingError("refusing an object dtype")
     return dt
+
+
+def _safe_encode(obj, encoding="utf-8", errors="strict"):
+    """``_codecs.encode`` as Python 3's protocol-2 pickles of bytes use it: a str to latin-1 bytes, nothing else."""
+    try:
+        latin_1 = isinstance(encoding, str) and codecs.lookup(encoding).name == _LATIN_1
+    except LookupError:
+        latin_1 = False
+    if not (isinstance(obj, str) and latin_1 and errors == "strict"):
+        raise pickle.UnpicklingError(
+            f"refusing _codecs.encode({type(obj).__name__}, {encoding!r}): only latin-1 byte strings are allowed"
+        )
+    return obj.encode("latin-1")
 
 
 def _safe_reconstruct(subtype, *args):
@@ -96,6 +115,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 return _safe_reconstruct
             if name == "dtype":
                 return _safe_dtype
+            if name == "encode":
+                return _safe_encode
             return np.ndarray
         raise pickle.UnpicklingError(
             f"forbidden global {module}.{name}: CIFAR-10 files hold only dicts, lists, bytes and NumPy arrays"
