@@ -140,15 +140,19 @@ class Sequential:
         input_shape = self.input_shape
         if not self.layers and layer.input_shape is not None:
             input_shape = layer.input_shape
+        given_name, layer.name = layer.name, name
         if input_shape is not None:
             shape = input_shape if not self.layers else self.layers[-1].output_shape
             try:
                 _check_fits(layer, shape)
                 out = layer.build(shape) if not layer.built else layer.compute_output_shape(shape)
             except ValueError as e:
+                layer.name = given_name
                 raise ValueError(f"layer {name!r} ({type(layer).__name__}): {e}") from None
+            except BaseException:
+                layer.name = given_name
+                raise
             self.output_shape = tuple(out)
-        layer.name = name
         self._name_counts = counts
         self.input_shape = input_shape
         self.layers.append(layer)
@@ -344,6 +348,8 @@ class Sequential:
         :meth:`backward`; inference may run in data-parallel shards (:mod:`npcnn.parallel`).
         The result is the caller's own array.
         """
+        if tuple(np.shape(x)[1:]) != tuple(self.input_shape or ()):
+            raise ValueError(f"forward: x has shape {np.shape(x)}, but the model expects (N,) + {self.input_shape}")
         plan = self.plan
         if training:
             states = plan.new_states() if self._last_train is None else self._last_train[0]

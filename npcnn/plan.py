@@ -17,7 +17,8 @@
   =============================================  ==========================================
 
   The ReLU may be the Conv2D's ``activation``, an ``Activation('relu')`` or a ``ReLU()`` layer: the
-  function is the same. ``NPCNN_FUSE=0`` (or :func:`set_fusion`) turns the fused steps off.
+  function is the same. ``NPCNN_FUSE=0`` (or :func:`set_fusion`) turns the conv + ReLU + max-pool
+  block off (the ReLU inside the conv kernel stays: it is the same arithmetic as a separate ReLU).
 
 * a **loss head**: when the last step is a softmax and the loss is the cross-entropy on
   probabilities, the head owns that softmax: training and ``evaluate`` stop before it and compute
@@ -47,8 +48,8 @@ FUSE = env_flag("NPCNN_FUSE", True)
 
 
 def set_fusion(enabled) -> bool:
-    """Turn the fused steps (conv + ReLU (+ max-pool)) on or off for plans compiled from now on;
-    returns the previous setting. Results differ only by float rounding (see npcnn.kernels.fused)."""
+    """Turn the conv + ReLU + max-pool block on or off for plans compiled from now on; returns the
+    previous setting. Results differ only by float rounding (see npcnn.kernels.fused)."""
     global FUSE
     if not isinstance(enabled, (bool, np.bool_)):
         raise TypeError(f"set_fusion: enabled must be True or False, got {enabled!r}")
@@ -185,10 +186,10 @@ def compile_plan(layers, loss=None, fuse=None):
     while i < len(ops):
         op, layer = ops[i]
         nxt = ops[i + 1][0] if i + 1 < len(ops) else None
-        if fuse and type(op) is Conv2D and type(nxt) is ReLU:
+        if type(op) is Conv2D and type(nxt) is ReLU:
             relu_owner = ops[i + 1][1]
             after = ops[i + 2][0] if i + 2 < len(ops) else None
-            if type(after) is MaxPooling2D and after is not layers[-1] and after.activation is None:
+            if fuse and type(after) is MaxPooling2D and after is not layers[-1] and after.activation is None:
                 steps.append(ConvReLUMaxPool(op, relu_owner, after))
                 i += 3
                 continue
@@ -230,13 +231,25 @@ class Plan:
         """Run the steps; with ``logits`` (and an owned softmax) stop before the final softmax."""
         for step, st in zip(self.steps[:self._count(logits)], states):
             x = step.forward(x, st, ctx)
+            st.out_shape = x.shape if ctx.training else None
         return x
 
     def backward(self, dy, states, ctx, logits=False):
-        """Backpropagate dy (w.r.t. the output, or the logits with ``logits``); returns dx or None."""
+        """Backpropagate dy (w.r.t. the output, or the logits with ``logits``); returns dx or None.
+
+        Raises:
+            RuntimeError: no training forward ran with these states.
+            ValueError: a gradient's shape differs from the output of the step's training forward.
+        """
         n = self._count(logits)
         for i in range(n - 1, -1, -1):
-            dy = self.steps[i].backward(dy, states[i], ctx)
+            step, st = self.steps[i], states[i]
+            if st.out_shape is None:
+                raise RuntimeError(f"{step}: backward() needs a preceding forward(x, training=True)")
+            if np.shape(dy) != st.out_shape:
+                raise ValueError(f"{step}: dy has shape {np.shape(dy)}, but the last forward(training=True) "
+                                 f"gave an output of shape {st.out_shape}")
+            dy = step.backward(dy, st, ctx)
         return dy
 
     def loss_and_grad(self, x, labels, states, ctx, scale=1.0):
@@ -271,7 +284,7 @@ class Plan:
         """{(step index, buffer name): bytes} over every step, for a training step of ``batch_size``."""
         out = {}
         shape = tuple(input_shape)
-        for i, step in enumerate(self.steps):
+        for i, step in enumerate(self.steps[:self._count(self.logits_loss)]):  # as training runs them
             for name, n in step.workspace_bytes(shape, batch_size, need_dx=i > 0).items():
                 out[(i, name)] = n
             shape = tuple(step.layers[-1].output_shape)

@@ -12,37 +12,26 @@ from conftest import seed_model
 
 
 def _record(model):
-    """Wrap each layer's forward and backward to collect (what, dtype) of everything they return."""
+    """Wrap each step of the model's plan (a layer's op, an activation or a fused block) to collect
+    (what, dtype) of everything its forward and backward take and return."""
     seen = []
-    for layer in model.layers:
-        def fwd(x, training=False, _f=layer.forward, _n=layer.name):
-            y = _f(x, training)
+    for step in model.plan.steps:
+        name = step.layers[0].name
+
+        def fwd(x, state, ctx, _f=step.forward, _n=name):
+            y = _f(x, state, ctx)
             seen.append((f"{_n} input", x.dtype))
             seen.append((f"{_n} output", y.dtype))
             return y
 
-        def bwd(dy, _b=layer.backward, _n=layer.name):
-            dx = _b(dy)
+        def bwd(dy, state, ctx, _b=step.backward, _n=name):
+            dx = _b(dy, state, ctx)
             seen.append((f"{_n} dy", dy.dtype))
             if dx is not None:
                 seen.append((f"{_n} dx", dx.dtype))
             return dx
 
-        layer.forward, layer.backward = fwd, bwd
-        if hasattr(layer, "forward_pool"):  # a Conv2D the model may run fused with its max-pooling
-            def fwd_pool(x, pool, training=False, _f=layer.forward_pool, _n=layer.name):
-                p = _f(x, pool, training)
-                seen.extend([(f"{_n} input", x.dtype), (f"{pool.name} output", p.dtype)])
-                return p
-
-            def bwd_pool(dp, pool, _b=layer.backward_pool, _n=layer.name):
-                dx = _b(dp, pool)
-                seen.append((f"{pool.name} dy", dp.dtype))
-                if dx is not None:
-                    seen.append((f"{_n} dx", dx.dtype))
-                return dx
-
-            layer.forward_pool, layer.backward_pool = fwd_pool, bwd_pool
+        step.forward, step.backward = fwd, bwd
     return seen
 
 
@@ -54,8 +43,10 @@ def test_training_step_is_float32(backend, rng):
     loss, acc = model.train_on_batch(x, y)
     assert np.isfinite(loss)
     assert seen, "the forward/backward hooks saw nothing"
-    # The last layer's forward/backward may be bypassed by the softmax+CE fusion; the rest are not.
-    assert {what.split()[0] for what, _ in seen} >= {layer.name for layer in model.layers[:-1]}
+    # Every layer runs in some step (fused blocks are named by their first layer).
+    covered = {layer.name for step in model.plan.steps for layer in step.layers}
+    assert covered == {layer.name for layer in model.layers}
+    assert {what.split()[0] for what, _ in seen} == {step.layers[0].name for step in model.plan.steps}
     bad = [(what, dt) for what, dt in seen if dt != np.float32]
     for layer in model.layers:
         for key, p in layer.params.items():
@@ -64,9 +55,12 @@ def test_training_step_is_float32(backend, rng):
             g = layer.grads.get(key)
             if g is None or g.dtype != np.float32:
                 bad.append((f"{layer.name}/{key} grad", None if g is None else g.dtype))
-        for buf_name, buf in getattr(layer, "_workspace", {}).items():
-            if buf.dtype.kind == "f" and buf.dtype != np.float32:
-                bad.append((f"{layer.name} buffer {buf_name}", buf.dtype))
+    for states in model._free_states:  # the per-call states the step ran with, back in the model's pool
+        for st in states:
+            for buf_name, buf in (st.ws or {}).items():
+                # the bias gradients' partial sums are float64 accumulators by design (cast once at the end)
+                if buf.dtype.kind == "f" and buf.dtype != np.float32 and not buf_name.endswith(".db_partial"):
+                    bad.append((f"buffer {buf_name}", buf.dtype))
     for _, slots in model.optimizer._slots.values():
         for name, arr in slots.items():
             if arr.dtype != np.float32:

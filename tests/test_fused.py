@@ -6,7 +6,7 @@
 * a model trains the same with the fusion on and off: bit for bit on the NumPy backend (the
   twin is the separate kernels), to float32 rounding on the Numba backend;
 * caches made by one backend's forward are read by the other's backward;
-* the switch (``fused.ENABLED``, ``NPCNN_FUSE=0``) and the shape check of backward_pool.
+* the switch (``npcnn.plan.FUSE``, ``NPCNN_FUSE=0``) and the plan's gradient shape check.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from test_kernels import SETTINGS, TOL, assert_grads_agree, rel_err
 
 import npcnn
 from npcnn import gradcheck
+from npcnn import plan as plan_mod
 from npcnn.kernels import fused, im2col, workspace
-from npcnn.layers import Conv2D, MaxPooling2D
+from npcnn.layers import Context, Conv2D, MaxPooling2D
 
 
 @st.composite
@@ -119,15 +120,15 @@ def test_caches_cross_backends(forward_backend, backward_backend):
 
 # ----------------------------------------------------------------------------- in the model
 def _train(monkeypatch, enabled, steps=3):
-    monkeypatch.setattr(fused, "ENABLED", enabled)
+    monkeypatch.setattr(plan_mod, "FUSE", enabled)
     calls = []
-    original = Conv2D.forward_pool
+    original = plan_mod.ConvReLUMaxPool.forward
 
-    def spy(self, x, pool, training=False):
-        calls.append(training)
-        return original(self, x, pool, training)
+    def spy(self, x, state, ctx):
+        calls.append(ctx.training)
+        return original(self, x, state, ctx)
 
-    monkeypatch.setattr(Conv2D, "forward_pool", spy)
+    monkeypatch.setattr(plan_mod.ConvReLUMaxPool, "forward", spy)
     npcnn.set_random_seed(11)
     model = seed_model(input_shape=(18, 18, 3), filters=(4, 6, 5), units=8)
     rng = np.random.default_rng(2)
@@ -159,13 +160,13 @@ def test_model_trains_the_same_fused_or_not(backend, monkeypatch):
 def test_model_gradcheck_through_the_fused_op(backend, monkeypatch):
     """The whole-model check (float64, central differences) runs the fused pairs."""
     calls = []
-    original = Conv2D.backward_pool
+    original = plan_mod.ConvReLUMaxPool.backward
 
-    def spy(self, dp, pool):
+    def spy(self, dp, state, ctx):
         calls.append(dp.dtype)
-        return original(self, dp, pool)
+        return original(self, dp, state, ctx)
 
-    monkeypatch.setattr(Conv2D, "backward_pool", spy)
+    monkeypatch.setattr(plan_mod.ConvReLUMaxPool, "backward", spy)
     npcnn.set_random_seed(3)
     model = seed_model(input_shape=(18, 18, 3), filters=(3, 4, 3), units=5, classes=4)
     x = gradcheck.spread_input((3, 18, 18, 3), np.random.default_rng(0))
@@ -174,19 +175,23 @@ def test_model_gradcheck_through_the_fused_op(backend, monkeypatch):
     assert len(rows) == 10 and all(r.passed for r in rows), rows
 
 
-def test_backward_pool_checks_the_gradient_shape(rng):
-    conv, pool = Conv2D(2, 3, activation="relu"), MaxPooling2D()
+def test_fused_step_checks_the_gradient_shape(rng):
+    model = npcnn.models.Sequential([Conv2D(2, 3, activation="relu", input_shape=(8, 8, 3)), MaxPooling2D(),
+                                     npcnn.layers.Flatten()])
+    plan = model.plan
+    assert isinstance(plan.steps[0], plan_mod.ConvReLUMaxPool)
+    assert not isinstance(npcnn.models.Sequential([Conv2D(2, 3, input_shape=(8, 8, 3)), MaxPooling2D(),
+                                                    npcnn.layers.Flatten()]).plan.steps[0], plan_mod.ConvReLUMaxPool)
     x = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
-    conv.forward(x)  # builds it
-    pool.forward(np.zeros((2, 6, 6, 2), np.float32))
-    assert conv.fuses_pool(pool) and not Conv2D(2, 3).fuses_pool(pool)
-    p = conv.forward_pool(x, pool, training=True)
+    states = plan.new_states()
+    p = plan.steps[0].forward(x, states[0], Context(True))
     assert p.shape == (2, 3, 3, 2)
-    with pytest.raises(ValueError, match=r"dp has shape \(2, 3, 3\).*\(2, 3, 3, 2\)"):
-        conv.backward_pool(np.zeros((2, 3, 3)), pool)
-    conv.forward_pool(x, pool, training=False)
+    plan.forward(x, states, Context(True))
+    with pytest.raises(ValueError, match=r"dy has shape \(2, 3, 3\).*\(2, 18\)"):
+        plan.backward(np.zeros((2, 3, 3)), states, Context(True))
+    plan.forward(x, states, Context(False))
     with pytest.raises(RuntimeError, match="needs a preceding forward"):
-        conv.backward_pool(np.zeros(p.shape, np.float32), pool)
+        plan.backward(np.zeros((2, 18), np.float32), states, Context(True))
 
 
 def test_model_output_never_aliases_a_workspace_buffer(rng):
@@ -199,7 +204,7 @@ def test_model_output_never_aliases_a_workspace_buffer(rng):
         a = model(x1)
         kept = a.copy()
         b = model(x2)
-    assert model.layers[0].fuses_pool(model.layers[1])
+    assert isinstance(model.plan.steps[0], plan_mod.ConvReLUMaxPool)
     np.testing.assert_array_equal(a, kept)
     assert not np.array_equal(a, b)
 
@@ -209,13 +214,12 @@ def test_model_input_gradient_never_aliases_a_workspace_buffer(rng):
     model = npcnn.models.Sequential([Conv2D(3, 3, activation="relu", input_shape=(8, 8, 2)), MaxPooling2D(),
                                      npcnn.layers.Flatten(), npcnn.layers.Dense(4)])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    model.layers[0].need_input_grad = True  # as a study of d loss / d image would
-    with npcnn.use_backend("numba"):
+    with npcnn.use_backend("numba"):  # input_grad=True: as a study of d loss / d image would
         x = rng.standard_normal((3, 8, 8, 2)).astype(np.float32)
         model.forward(x, training=True)
-        d1 = model.backward(np.ones((3, 4), np.float32))
+        d1 = model.backward(np.ones((3, 4), np.float32), input_grad=True)
         kept = d1.copy()
         model.forward(x * 2 - 1, training=True)
-        d2 = model.backward(np.full((3, 4), -3, np.float32))
+        d2 = model.backward(np.full((3, 4), -3, np.float32), input_grad=True)
     assert np.abs(kept).sum() > 0 and not np.array_equal(d1, d2)
     np.testing.assert_array_equal(d1, kept)

@@ -95,14 +95,14 @@ def test_model_softmax_layer_fused(rng):
 def test_gradcheck_detects_a_broken_backward(monkeypatch):
     """The check must be able to fail: a backward off by a factor of 1.01 is caught."""
     layer = Dense(3)
-    orig = Dense.backward_pre
+    orig = Dense.backward_op
 
-    def broken(self, dz):
-        dx = orig(self, dz)
-        self.grads["kernel"] = self.grads["kernel"] * 1.01
+    def broken(self, dz, state, ctx):
+        dx = orig(self, dz, state, ctx)
+        state.grads["kernel"] = state.grads["kernel"] * 1.01
         return dx
 
-    monkeypatch.setattr(Dense, "backward_pre", broken)
+    monkeypatch.setattr(Dense, "backward_op", broken)
     results = gradcheck.check_layer(layer, (4,))
     by = {r.tensor: r for r in results}
     assert by["input"].passed and not by["kernel"].passed

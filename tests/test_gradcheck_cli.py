@@ -63,14 +63,14 @@ def test_cli_seed_model_covers_every_layer_and_the_loss(capsys):
 
 
 def _break_kernel_grad(monkeypatch, cls, factor=1.01):
-    orig = cls.backward_pre
+    orig = cls.backward_op
 
-    def broken(self, dz):
-        dx = orig(self, dz)
-        self.grads["kernel"] = self.grads["kernel"] * factor
+    def broken(self, dz, state, ctx):
+        dx = orig(self, dz, state, ctx)
+        state.grads["kernel"] = state.grads["kernel"] * factor
         return dx
 
-    monkeypatch.setattr(cls, "backward_pre", broken)
+    monkeypatch.setattr(cls, "backward_op", broken)
 
 
 @pytest.mark.parametrize("cls,args", [(Dense, ["--layer", "dense"]), (Conv2D, ["--layer", "conv2d"]),
@@ -86,8 +86,8 @@ def test_cli_fails_on_a_broken_kernel_gradient(monkeypatch, capsys, cls, args):
 
 
 def test_cli_fails_on_a_broken_input_gradient(monkeypatch, capsys):
-    orig = MaxPooling2D.backward_pre
-    monkeypatch.setattr(MaxPooling2D, "backward_pre", lambda self, dy: orig(self, dy) * 0.5)
+    orig = MaxPooling2D.backward_op
+    monkeypatch.setattr(MaxPooling2D, "backward_op", lambda self, dy, state, ctx: orig(self, dy, state, ctx) * 0.5)
     assert gradcheck.main(["--layer", "maxpool", "--backend", "numpy"]) == 1
     assert rows(capsys.readouterr().out) == [("max_pooling2d", "input", "FAIL")]
 

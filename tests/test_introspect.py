@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import seed_model
 
+import npcnn
 from npcnn import callbacks as cbks
 from npcnn.introspect import GradientNormLogger, format_trace, gradient_norms, load_history, save_history, trace
 from npcnn.layers import Activation, Conv2D, Dense, Flatten, MaxPooling2D
@@ -110,13 +111,15 @@ def test_trace_changes_nothing(data):
     opt_state = model.optimizer.get_state(model.params)
     state = [(layer, dict(vars(layer))) for layer in model.layers]
     grads = [{k: g.copy() for k, g in layer.grads.items()} for layer in model.layers]
-    buffers = {(layer.name, attr, key): np.array(buf, copy=True)  # reusable buffers, where a layer keeps them
-               for layer in model.layers for attr, ws in vars(layer).items() if "workspace" in attr
-               and isinstance(ws, dict) for key, buf in ws.items() if isinstance(buf, np.ndarray)}
+    pool = [list(states) for states in model._free_states]  # the model's per-call states and their buffers
+    buffers = {(i, j, key): np.array(buf, copy=True) for i, states in enumerate(pool)
+               for j, st in enumerate(states) for key, buf in (st.ws or {}).items()}
+    rng_state = npcnn.utils.get_rng_state()
     model.trace(x[::-1].copy(), y[::-1].copy())
-    for (name, attr, key), before in buffers.items():
-        layer = next(layer for layer in model.layers if layer.name == name)
-        np.testing.assert_array_equal(getattr(layer, attr)[key], before)
+    assert [list(states) for states in model._free_states] == pool
+    for (i, j, key), before in buffers.items():
+        np.testing.assert_array_equal(pool[i][j].ws[key], before)
+    assert npcnn.utils.get_rng_state() == rng_state
     for w0, w1 in zip(weights, model.get_weights()):
         np.testing.assert_array_equal(w0, w1)
     new_state = model.optimizer.get_state(model.params)
@@ -128,7 +131,7 @@ def test_trace_changes_nothing(data):
         assert all(vars(layer)[k] is v for k, v in before.items())
         for k, g in g0.items():
             np.testing.assert_array_equal(layer.grads[k], g)
-    assert model.layers[0].need_input_grad is False
+    assert all(states[0].need_dx is False for states in model._free_states)
 
 
 def test_softmax_layer_tail_and_from_logits(rng):

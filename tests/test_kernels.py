@@ -298,21 +298,31 @@ def test_backward_never_writes_its_inputs(driver):
 
 
 @pytest.mark.parametrize("backend", ["numba"])
-def test_layers_reuse_their_buffers(backend):
+def test_training_steps_reuse_their_buffers(backend, monkeypatch):
+    """A model's per-call states keep their workspaces from step to step (same batch size)."""
+    from npcnn import plan as plan_mod
+    from npcnn.layers import Dense, Flatten
+    from npcnn.models import Sequential
+
+    monkeypatch.setattr(plan_mod, "FUSE", False)  # the layers one by one: conv + ReLU, then the pool
     rng = np.random.default_rng(6)
-    conv_layer, pool_layer = Conv2D(4, 3, activation="relu"), MaxPooling2D()
-    with npcnn.use_backend(backend):
-        ids = []
-        for _ in range(3):
-            x = rng.standard_normal((4, 8, 8, 3)).astype(np.float32)
-            y = conv_layer.forward(x, training=True)
-            p = pool_layer.forward(y, training=True)
-            conv_layer.backward(pool_layer.backward(np.ones_like(p)))
-            ids.append((id(conv_layer._workspace["cols"]), id(conv_layer._workspace["dcols"]),
-                        id(conv_layer._workspace["dz"]), id(pool_layer._workspace["argmax"])))
-        assert ids[0] == ids[1] == ids[2]
-        conv_layer.forward(rng.standard_normal((2, 8, 8, 3)).astype(np.float32), training=True)  # new batch size
-        assert conv_layer._workspace["cols"].shape[0] == 2 * 6 * 6
+    model = Sequential([Conv2D(4, 3, activation="relu", input_shape=(8, 8, 3)), MaxPooling2D(), Flatten(),
+                        Dense(3)])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    previous = npcnn.set_num_threads(1)  # one state list, unsharded
+    try:
+        with npcnn.use_backend(backend):
+            ids = []
+            for _ in range(3):
+                model.train_on_batch(rng.standard_normal((4, 8, 8, 3)).astype(np.float32), [0, 1, 2, 0])
+                (conv_st, pool_st, *_), = model._free_states
+                ids.append((id(conv_st.ws["im2col.cols"]), id(conv_st.ws["conv.dz"]), id(pool_st.ws["pool.argmax"]),
+                            id(pool_st.ws["pool.dx"])))
+            assert ids[0] == ids[1] == ids[2]
+            model.train_on_batch(rng.standard_normal((2, 8, 8, 3)).astype(np.float32), [0, 1])  # new batch size
+            assert model._free_states[0][0].ws["im2col.cols"].shape[0] == 2 * 6 * 6
+    finally:
+        npcnn.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

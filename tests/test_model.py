@@ -155,21 +155,23 @@ def test_input_value_range_scan_finds_nan_and_inf_in_any_chunk(dtype):
 @pytest.mark.parametrize("fuse", [True, False])
 def test_summary_memory_line_matches_the_buffers_a_step_keeps(fuse, monkeypatch):
     """summary()'s last line counts the buffers the layers really hold after a training step."""
-    from npcnn.kernels import fused
+    from npcnn import plan as plan_mod
 
-    monkeypatch.setattr(fused, "ENABLED", fuse)
+    monkeypatch.setattr(plan_mod, "FUSE", fuse)
     with npcnn.use_backend("numba"):
         previous = npcnn.get_num_threads()
-        npcnn.set_num_threads(1)  # unsharded: the model's own layers hold the buffers
+        npcnn.set_num_threads(1)  # unsharded: one list of per-call states holds the buffers
         try:
             model = seed_model(input_shape=(18, 18, 3), filters=(4, 6, 5), units=8)
             x = np.random.default_rng(0).random((6, 18, 18, 3), dtype=np.float32)
             model.train_on_batch(x, np.arange(6) % 10)
         finally:
             npcnn.set_num_threads(previous)
-    held = sum(b.nbytes for layer in model.layers for b in getattr(layer, "_workspace", {}).values())
-    cols = sum(layer._workspace["cols"].nbytes for layer in model.layers if "cols" in getattr(layer, "_workspace", {}))
-    assert model._workspace_bytes(6) == (cols, held - cols)
+    (states,) = model._free_states
+    held = {(i, name): b.nbytes for i, st in enumerate(states) for name, b in st.ws.items()}
+    assert model.plan.workspace_bytes(model.input_shape, 6) == held  # buffer by buffer
+    cols = sum(n for (_, name), n in held.items() if name == "im2col.cols")
+    assert model._workspace_bytes(6) == (cols, sum(held.values()) - cols)
     lines = []
     model.summary(print_fn=lines.append, batch_size=6)
     assert "im2col columns at batch 6" in lines[-2] and "a training step keeps" in lines[-2]

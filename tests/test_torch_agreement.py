@@ -36,7 +36,7 @@ def test_seed_model_matches_pytorch(backend, rng):
     x = rng.random((8, 32, 32, 3), dtype=np.float32)
     y = rng.integers(0, 10, 8)
     # The gradients the model computes for this batch (no update: read layer.grads).
-    loss, _ = model._loss_and_grad(x, y)
+    loss, _, _ = model._loss_and_grad(x, y)
     ours = model.grads
     ref_loss, ref_grads, ref_probs = torch_seed_model_loss(model.get_weights(), x, y)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
