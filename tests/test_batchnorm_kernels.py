@@ -342,3 +342,19 @@ def test_registry_dict():
                               "batchnorm_backward_sums", "batchnorm_backward"}
     for name, (np_fn, nb_fn) in B.KERNELS.items():
         assert np_fn.__name__ == f"{name}_numpy" and nb_fn.__name__ == f"{name}_numba"
+
+
+def test_caches_cross_backends():
+    """A cache from one backend's forward is read by the other's backward (the layer may switch)."""
+    x, gamma, beta, dy = data((3, 4, 5, 6), np.float64, 13)
+    M = 60
+    mean, var = x.reshape(-1, 6).mean(axis=0), x.reshape(-1, 6).var(axis=0)
+    ka, kb = kernels("numpy"), kernels("numba")
+    _, ca = ka["forward"](x, mean, var, gamma, beta, EPS)
+    _, cb = kb["forward"](x, mean, var, gamma, beta, EPS)
+    assert type(ca) is type(cb) is B.BatchNormCache
+    for c_from, k_to in ((ca, kb), (cb, ka)):
+        sums = k_to["backward_sums"](dy, c_from)
+        want = train_step(ka, x, gamma, beta, dy)
+        assert relative_error(want["sum_dy_xhat"], sums[1]) < 1e-12
+        assert relative_error(want["dx"], k_to["backward"](dy, c_from, *sums, M)) < 1e-12

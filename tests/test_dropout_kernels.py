@@ -265,3 +265,12 @@ def test_non_contiguous_input():
 def test_registry_dict():
     assert D.KERNELS == {"dropout_forward": (D.dropout_forward_numpy, D.dropout_forward_numba),
                          "dropout_backward": (D.dropout_backward_numpy, D.dropout_backward_numba)}
+
+
+def test_caches_cross_backends():
+    x = np.random.default_rng(7).standard_normal((4, 3, 2)).astype(np.float32)
+    dy = np.ones_like(x)
+    _, ca = D.dropout_forward_numpy(x, 0.5, 9, 0, (1, 2))
+    _, cb = D.dropout_forward_numba(x, 0.5, 9, 0, (1, 2))
+    assert type(ca) is type(cb) is D.DropoutCache
+    np.testing.assert_array_equal(D.dropout_backward_numba(dy, ca), D.dropout_backward_numpy(dy, cb))
