@@ -61,6 +61,8 @@ class LayerRecord:
         grad_input: d loss / d input (computed for the first layer too: the input's saliency).
         grads: d loss / d params, e.g. {'kernel': ..., 'bias': ...}; empty for layers without weights.
         weight_norms, grad_norms: L2 norm of each parameter and of its gradient.
+        info: what the layer's forward left for inspection (e.g. BatchNormalization's batch
+            'mean' and 'variance'), copies.
     """
 
     name: str
@@ -74,6 +76,7 @@ class LayerRecord:
     grads: dict = field(default_factory=dict)
     weight_norms: dict = field(default_factory=dict)
     grad_norms: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
 
     @property
     def output_shape(self):
@@ -153,7 +156,8 @@ def _trace(model, x, labels):
             y_out = layer.forward_op(out, op_st, ctx)
         if i == last:
             logits = (z if layer.activation is not None else out) if owns else y_out
-        records.append(LayerRecord(layer.name, type(layer).__name__, in_shape, _copy(y_out), _copy(z)))
+        records.append(LayerRecord(layer.name, type(layer).__name__, in_shape, _copy(y_out), _copy(z),
+                                   info={k: _copy(v) for k, v in op_st.info.items()}))
         states.append((op_st, act_st))
         out = y_out
 

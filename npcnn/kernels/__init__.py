@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import types
 
-from npcnn.kernels import activations, conv, dense, fused, im2col, optim, pool, softmax_ce
+from npcnn.kernels import activations, batchnorm, conv, dense, dropout, fused, im2col, optim, pool, softmax_ce
 from npcnn.kernels.conv import ConvCache
 from npcnn.kernels.dense import DenseCache
 from npcnn.kernels.fused import FusedCache
@@ -50,7 +50,8 @@ MODULES = (
     softmax_ce,
     optim,
     fused,
-    # --- batchnorm and dropout (npcnn/kernels/batchnorm.py, dropout.py) are added here by their author ---
+    batchnorm,
+    dropout,
 )
 
 for _module in MODULES:

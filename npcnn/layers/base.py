@@ -83,9 +83,11 @@ class LayerState:
         updates: {buffer name: new value} declared by the last training forward.
         need_dx: whether backward must compute the input gradient (False for a model's first layer).
         out_shape: shape of the last training forward's output (backward checks dy against it).
+        info: {name: array} a forward may leave for a learner to inspect (e.g. BatchNormalization's
+            batch mean and variance); ``model.trace`` shows it.
     """
 
-    __slots__ = ("cache", "ws", "grads", "updates", "need_dx", "out_shape")
+    __slots__ = ("cache", "ws", "grads", "updates", "need_dx", "out_shape", "info")
 
     def __init__(self, ws=None, need_dx=True):
         self.cache = None
@@ -94,6 +96,7 @@ class LayerState:
         self.updates = {}
         self.need_dx = need_dx
         self.out_shape = None
+        self.info = {}
 
     def need_cache(self, owner):
         """The cache, or a clear error when no training forward ran before this backward."""
