@@ -1,0 +1,270 @@
+"""The layer / state / plan contract (issue 10) and the model API fixes of issue 11 (items 5, 11, 12).
+
+* a kernel swapped in with ``npcnn.kernels.override`` reaches the layers, the fused steps and the
+  model, so a learner's broken kernel makes gradcheck fail;
+* layers keep no per-call state: a model's passes leave every layer's fields as they were;
+* the plan decides fusion and the softmax head once;
+* no import circles between npcnn's modules, and no module shadows the standard library;
+* History is the last callback, as in Keras;
+* NPCNN_FUSE / NPCNN_DATA_PARALLEL accept only on/off values, naming the variable otherwise;
+* a failed ``add`` changes nothing; metrics are reported under the names given.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import seed_model
+
+import npcnn
+from npcnn import callbacks as cbks
+from npcnn import gradcheck
+from npcnn import plan as plan_mod
+from npcnn.layers import Activation, Conv2D, Dense, Flatten, MaxPooling2D, ReLU, Softmax
+from npcnn.models import Sequential
+
+PACKAGE = Path(npcnn.__file__).parent
+
+
+# ------------------------------------------------------------------ kernels a learner swaps in
+def _halved(fn):
+    def broken(*args, **kwargs):
+        return fn(*args, **kwargs) * 0.5
+
+    return broken
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_an_overridden_col2im_reaches_conv2d_and_gradcheck_fails(backend_name):
+    layer = Conv2D(3, (3, 2), strides=(2, 1), padding="same")
+    with npcnn.use_backend(backend_name):
+        assert all(r.passed for r in gradcheck.check_layer(layer, (7, 6, 2)))
+        broken = _halved(npcnn.kernels.get_kernel("col2im", backend_name))
+        with npcnn.kernels.override("col2im", broken):
+            rows = {r.tensor: r for r in gradcheck.check_layer(layer, (7, 6, 2))}
+        assert not rows["input"].passed  # dx = col2im(...) is halved
+        assert rows["kernel"].passed and rows["bias"].passed  # the weight gradients do not use col2im
+        assert all(r.passed for r in gradcheck.check_layer(layer, (7, 6, 2)))  # restored
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_an_overridden_kernel_reaches_the_models_fused_steps(backend_name):
+    """The seed model runs conv + ReLU + pool as one fused step; its input gradient still goes through
+    the registered col2im, so halving it breaks the whole-model check of the earlier layers."""
+    npcnn.set_random_seed(0)
+    model = seed_model(input_shape=(18, 18, 3), filters=(3, 4, 3), units=5, classes=4)
+    assert isinstance(model.plan.steps[1], plan_mod.ConvReLUMaxPool)
+    x = gradcheck.spread_input((3, 18, 18, 3), np.random.default_rng(0))
+    y = np.array([0, 3, 1])
+    with npcnn.use_backend(backend_name):
+        assert all(r.passed for r in gradcheck.check_model(model, x, y))
+        with npcnn.kernels.override("col2im", _halved(npcnn.kernels.get_kernel("col2im", backend_name))):
+            rows = gradcheck.check_model(model, x, y)
+    failed = {r.layer for r in rows if not r.passed}
+    assert failed == {"conv2d", "conv2d_1"}  # the layers before the last col2im; the rest are untouched
+
+
+def test_an_overridden_relu_backward_reaches_dense_activations():
+    model = Sequential([Flatten(input_shape=(3, 3, 2)), Dense(5, activation="relu"), Dense(4)])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x = gradcheck.spread_input((4, 3, 3, 2), np.random.default_rng(1))
+    y = np.array([0, 1, 2, 3])
+    with npcnn.use_backend("numpy"):
+        with npcnn.kernels.override("relu_backward", _halved(npcnn.kernels.get_kernel("relu_backward"))):
+            rows = gradcheck.check_model(model, x, y)
+    assert {r.layer for r in rows if not r.passed} == {"dense"}
+
+
+# ------------------------------------------------------------------ no per-call state on layers
+def test_training_and_inference_leave_the_layers_fields_alone(backend, rng):
+    model = seed_model(input_shape=(18, 18, 3), filters=(4, 6, 5), units=8)
+    x = rng.random((16, 18, 18, 3), dtype=np.float32)
+    y = rng.integers(0, 10, 16)
+    model.train_on_batch(x, y)
+    before = [{k: v for k, v in vars(layer).items() if k != "grads"} for layer in model.layers]
+    model.train_on_batch(x, y)
+    model.predict(x)
+    model.evaluate(x, y, verbose=0)
+    after = [{k: v for k, v in vars(layer).items() if k != "grads"} for layer in model.layers]
+    assert before == after  # the same objects: weights are updated in place, nothing else is written
+
+
+def test_the_plan_decides_fusion_and_the_softmax_head_once():
+    model = seed_model(input_shape=(18, 18, 3), filters=(4, 6, 5), units=8)
+    plan = model.plan
+    kinds = [type(s).__name__ for s in plan.steps]
+    assert kinds == ["ConvReLUMaxPool", "ConvReLUMaxPool", "ConvReLU", "OpStep", "OpStep", "OpStep", "OpStep",
+                     "OpStep"]
+    assert plan.owns_softmax and plan.logits_loss and isinstance(plan.steps[-1].op, Softmax)
+    assert model.plan is plan  # compiled once
+    model.add(Activation("linear"))  # the layers changed: a new plan, whose last step is no softmax
+    assert model.plan is not plan and not model.plan.owns_softmax
+
+
+@pytest.mark.parametrize("layers", [
+    lambda: [Conv2D(2, 3, input_shape=(8, 8, 1)), Activation("relu"), MaxPooling2D(), Flatten()],
+    lambda: [Conv2D(2, 3, input_shape=(8, 8, 1)), ReLU(), MaxPooling2D(), Flatten()],
+], ids=["Activation('relu')", "ReLU()"])
+def test_a_separate_relu_layer_fuses_like_the_activation_argument(layers):
+    model = Sequential(layers())
+    step = model.plan.steps[0]
+    assert isinstance(step, plan_mod.ConvReLUMaxPool) and len(step.layers) == 3
+    reference = Sequential([Conv2D(2, 3, activation="relu", input_shape=(8, 8, 1)), MaxPooling2D(), Flatten()])
+    reference.set_weights(model.get_weights())
+    x = np.random.default_rng(0).standard_normal((4, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(x), reference.predict(x))
+
+
+def test_softmax_tail_variants_train_alike(rng):
+    """Dense(softmax), Dense + Activation('softmax') and Dense + Softmax() are one function, and the
+    loss head owns the softmax in each."""
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    y = np.arange(6) % 3
+    results = []
+    for tail in ([Dense(3, activation="softmax", input_shape=(4,))],
+                 [Dense(3, input_shape=(4,)), Activation("softmax")],
+                 [Dense(3, input_shape=(4,)), Softmax()]):
+        npcnn.set_random_seed(5)
+        model = Sequential(tail)
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        assert model.plan.owns_softmax
+        model.train_on_batch(x, y)
+        results.append((model.get_weights(), model.predict(x)))
+    for w, p in results[1:]:
+        for a, b in zip(results[0][0], w):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(results[0][1], p)
+
+
+# ------------------------------------------------------------------ imports
+def _module_imports(path):
+    """npcnn modules imported at module level (not inside functions) by the file at ``path``."""
+    tree = ast.parse(path.read_text())
+    found = set()
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    for node in tree.body:
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module
+            if node.level:
+                base = ".".join(package.split(".")[:-node.level] + [node.module])
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        found |= {n for n in names if n.startswith("npcnn")}
+    return found
+
+
+def test_no_import_circles():
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    graph = {m: {i for i in _module_imports(p) if i in modules and i != m} for m, p in modules.items()}
+    # a package's __init__ importing its own submodules is how packages work: not a circle
+    for m in graph:
+        graph[m] = {i for i in graph[m] if not (modules[m].name == "__init__.py" and i.startswith(m + "."))}
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for i in sorted(graph[m]):
+            if state.get(i) == "open":
+                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(i):] + [i]))
+            if i not in state:
+                visit(i)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_no_module_shadows_the_standard_library():
+    names = {p.stem for p in PACKAGE.rglob("*.py")}
+    assert not names & set(sys.stdlib_module_names)  # npcnn/inspect.py was one
+    assert "npcnn.introspect" in sys.modules or __import__("npcnn.introspect")
+
+
+# ------------------------------------------------------------------ callbacks
+def test_history_is_the_last_callback_as_in_keras(rng):
+    seen = []
+
+    class Spy(cbks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append([type(c).__name__ for c in self.model._callbacks_seen])
+
+    model = Sequential([Flatten(input_shape=(2, 2, 1)), Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    original = cbks.CallbackList.__init__
+
+    def record(self, callbacks, m):
+        m._callbacks_seen = list(callbacks)
+        original(self, callbacks, m)
+
+    cbks.CallbackList.__init__ = record
+    try:
+        model.fit(rng.random((4, 2, 2, 1)), [0, 1, 2, 0], epochs=1, verbose=1, callbacks=[Spy()])
+    finally:
+        cbks.CallbackList.__init__ = original
+    assert seen == [["ProgbarLogger", "Spy", "History"]]
+
+
+# ------------------------------------------------------------------ environment switches
+@pytest.mark.parametrize("var", ["NPCNN_FUSE", "NPCNN_DATA_PARALLEL"])
+@pytest.mark.parametrize("value,ok", [("0", True), ("off", True), ("TRUE", True), ("", True), ("garbage", False),
+                                      ("2", False)])
+def test_switches_accept_only_on_off_values(var, value, ok):
+    env = dict(os.environ, **{var: value})
+    proc = subprocess.run([sys.executable, "-c", "import npcnn.models"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode != 0
+        assert var in proc.stderr and "on/off" in proc.stderr
+
+
+def test_switches_take_effect():
+    env = dict(os.environ, NPCNN_FUSE="no", NPCNN_DATA_PARALLEL="off")
+    code = ("import npcnn, npcnn.plan as p; from npcnn.models import cifar10_cnn;"
+            "print(npcnn.get_data_parallel(), type(cifar10_cnn().plan.steps[0]).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "ConvReLU"], out.stderr
+
+
+# ------------------------------------------------------------------ issue 11 items 11 and 12
+def test_a_failed_add_changes_nothing():
+    model = Sequential([Conv2D(2, 3, input_shape=(4, 4, 1))])
+    before = (list(model.layers), model.output_shape, dict(model._name_counts))
+    bad = Conv2D(2, 5)  # does not fit the (2, 2) map
+    with pytest.raises(ValueError, match="does not fit"):
+        model.add(bad)
+    assert (list(model.layers), model.output_shape, dict(model._name_counts)) == before
+    assert bad.name is None and not bad.built
+    model.add(Flatten())  # a later valid add works
+    model.add(Dense(3))
+    assert [layer.name for layer in model.layers] == ["conv2d", "flatten", "dense"]
+    assert model.output_shape == (3,)
+
+
+@pytest.mark.parametrize("metrics", [["accuracy"], ["acc"], ["sparse_categorical_accuracy"],
+                                     ["accuracy", "sparse_categorical_accuracy"]])
+def test_metrics_are_reported_under_the_names_given(metrics, rng):
+    model = Sequential([Flatten(input_shape=(2, 2, 1)), Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=metrics)
+    x, y = rng.random((8, 2, 2, 1)), np.arange(8) % 3
+    history = model.fit(x, y, epochs=2, verbose=0, validation_data=(x, y))
+    assert set(history.history) == {"loss", "val_loss"} | set(metrics) | {"val_" + m for m in metrics}
+    result = model.evaluate(x, y, verbose=0)
+    assert len(result) == 1 + len(metrics)
+    assert result[1] == pytest.approx(np.mean(model.predict(x).argmax(1) == y))
+    assert all(r == result[1] for r in result[1:])
