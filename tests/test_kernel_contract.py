@@ -3,8 +3,9 @@
 * the registry: every registered name has a NumPy twin and a Numba version with one signature
   (ending in ``ws=None``) and a dispatcher; unknown names and backends get clear errors;
 * the kernels new in the Numba backend (dense, softmax forward/backward, sigmoid, tanh,
-  sparse_ce_from_probs) agree with their twins on random shapes, float32 to 1e-5 relative and
-  float64 to 1e-12, with ``ws=None`` and with one Workspace reused twice, and pass float64
+  sparse_ce_from_probs) agree with their twins on random shapes, float32 to 1e-5 and float64 to
+  1e-12 (relative to the largest value, or to 1 for sigmoid and tanh, whose outputs lie in
+  [-1, 1]), with ``ws=None`` and with one Workspace reused twice, and pass float64
   vector-Jacobian gradient checks on both backends;
 * ``override`` reaches the composite kernels (conv -> im2col/col2im, the fused op -> conv/pool) on
   both backends, is restored after the block and after an exception, and nests;
@@ -196,8 +197,11 @@ def test_sigmoid_and_tanh_agree(shape, dtype, op, scale, seed):
         return y.copy(), dx
 
     def compare(a, b):
+        # At the scale of the outputs' range, 1: for very negative x, 1 + tanh(x / 2) cancels, and the
+        # twin's and Numba's tanh (one rounding each, not the same library) differ by an ulp of 1.
         for p, q in zip(a, b):
-            _agree(p, q, dtype)
+            assert q.dtype == dtype and q.shape == p.shape
+            assert np.abs(p.astype(np.float64) - q).max(initial=0) <= TOL[dtype] * max(1.0, np.abs(p).max(initial=0))
 
     ws = _run_twice(call, make, dtype, compare)
     assert set(ws) == {f"{op}.out", f"{op}.dx"}
