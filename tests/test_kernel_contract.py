@@ -123,6 +123,9 @@ def test_register_a_new_kernel_gets_a_dispatcher():
         assert K.get_kernel("twice_for_test", "numba") is twice_numba
         with pytest.raises(ValueError, match="backend"):
             K.register("twice_for_test", "gpu", twice_numba)
+        with pytest.raises(ValueError, match="backend"):
+            K.register("never_registered", "gpu", twice_numba)
+        assert "never_registered" not in K.kernel_names()
     finally:
         registry._REGISTRY.pop("twice_for_test", None)
         vars(K).pop("twice_for_test", None)

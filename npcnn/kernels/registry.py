@@ -64,7 +64,8 @@ def register(name, backend, fn):
         raise ValueError(f"a kernel name is a non-empty string, got {name!r}")
     if not callable(fn):
         raise TypeError(f"kernel {name!r}: {fn!r} is not callable")
-    _REGISTRY.setdefault(name, {})[_check_backend(backend)] = fn
+    _check_backend(backend)
+    _REGISTRY.setdefault(name, {})[backend] = fn
 
 
 def register_module(module):
