@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,7 +112,8 @@ def trace(model, x, y=None):
             fused softmax cross-entropy when the model ends in a softmax, exactly as ``fit`` does);
             without, only the forward pass is recorded and every gradient is None.
     Returns:
-        a list of :class:`LayerRecord`, one per layer, in order.
+        a :class:`Trace`: a list of :class:`LayerRecord`, one per layer, in order, whose ``loss`` is the
+        batch's loss (None without labels).
     Raises:
         RuntimeError: ``y`` given but the model is not compiled (no loss).
 
@@ -142,7 +144,7 @@ def _trace(model, x, labels):
     owns = labels is not None and plan.owns_softmax  # the loss applies the last layer's softmax
     ctx = Context(True, seed=0, batch_size=len(x))
     last = len(model.layers) - 1
-    records, states = [], []
+    records, states = Trace(), []
     out = x
     logits = None
     for i, layer in enumerate(model.layers):
@@ -162,7 +164,9 @@ def _trace(model, x, labels):
         out = y_out
 
     if labels is not None:
-        _, d = model.loss.compute(logits, labels, logits=on_logits)
+        loss, d = model.loss.compute(logits, labels, logits=on_logits)
+        records.loss = float(loss)
+        records.classes = int(model.output_shape[-1])
         for i in range(last, -1, -1):
             layer, rec, (op_st, act_st) = model.layers[i], records[i], states[i]
             if i == last and owns and layer.activation is None:
@@ -182,6 +186,14 @@ def _trace(model, x, labels):
     for layer, rec in zip(model.layers, records):
         rec.weight_norms = {k: _norm(p) for k, p in layer.params.items()}
     return records
+
+
+class Trace(list):
+    """The :class:`LayerRecord` of each layer, in order, plus the batch's ``loss`` (None without labels)
+    and the number of ``classes`` (at initialisation the cross-entropy is about ln(classes))."""
+
+    loss = None
+    classes = None
 
 
 def format_trace(records):
@@ -209,6 +221,11 @@ def format_trace(records):
         lines.append(f"{name:<{w}} {str(r.output_shape):<{s}} {out.mean():>9.3g} "
                      f"{out.std():>9.3g} {r.zero_fraction:>6.1%} {num(r.grad_output_norm)} "
                      f"{num(r.grad_input_norm)}  {params}".rstrip())
+    loss = getattr(records, "loss", None)
+    if loss is not None:
+        classes = getattr(records, "classes", None)
+        chance = f" (ln {classes} = {math.log(classes):.4f}: the loss of a uniform guess)" if classes else ""
+        lines.append(f"loss {loss:.4f}{chance}")
     return "\n".join(lines)
 
 
@@ -224,5 +241,5 @@ def gradient_norms(history, kind="grad_norm"):
     return out
 
 
-__all__ = ["LayerRecord", "trace", "format_trace", "GradientNormLogger", "gradient_norms", "save_history",
+__all__ = ["LayerRecord", "Trace", "trace", "format_trace", "GradientNormLogger", "gradient_norms", "save_history",
            "load_history"]

@@ -296,3 +296,17 @@ def test_load_history_from_a_checkpoint(tmp_path, data):
     loaded = load_history(ckpt.path)
     assert loaded["loss"] == pytest.approx(history.history["loss"])
     assert loaded["grad_norm/dense_1/kernel"] == pytest.approx(history.history["grad_norm/dense_1/kernel"])
+
+
+def test_trace_reports_the_loss(data):
+    """A learner's first check: at initialisation the cross-entropy is about ln(classes)."""
+    model = small_model()
+    x, y = data
+    recs = trace(model, x, y)
+    logits_loss = model.evaluate(x, y, batch_size=len(x), verbose=0)
+    expected = logits_loss[0] if isinstance(logits_loss, list) else logits_loss
+    assert recs.loss == pytest.approx(expected, rel=1e-5)
+    assert recs.classes == model.output_shape[-1]
+    text = format_trace(recs)
+    assert text.splitlines()[-1].startswith(f"loss {recs.loss:.4f} (ln {recs.classes} = ")
+    assert trace(model, x).loss is None and "loss" not in format_trace(trace(model, x)).splitlines()[-1]
