@@ -1,5 +1,13 @@
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# CI runs the property tests on a fixed set of examples (derandomize); locally they explore new ones.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 import npcnn
 from npcnn.models import cifar10_cnn

@@ -106,7 +106,11 @@ def test_conv_backends_agree(geo, filters, relu, use_bias, seed):
         if a is None:
             continue
         assert a.shape == c.shape, name
-        assert rel_err(a, c) < 1e-5, name
+        if name == "dbias":  # a sum of N*OH*OW terms that may cancel: its rounding scales with sum |terms|
+            scale = np.abs(dy.astype(np.float64)).reshape(-1, filters).sum(0).max()
+            assert np.abs(a.astype(np.float64) - c).max() / scale < 1e-5, name
+        else:
+            assert rel_err(a, c) < 1e-5, name
 
 
 @settings(max_examples=25, **SETTINGS)
