@@ -14,8 +14,8 @@ backward gives about 1e-9 to 1e-11; :data:`THRESHOLD` is 1e-6. Inputs are spread
 where it is probed.
 
 Command line: ``python -m npcnn.gradcheck`` checks the shrunk seed model (every layer, the fused softmax
-cross-entropy, the whole model); ``--layer conv2d|maxpool|dense|relu|flatten|softmax_ce`` checks one layer
-with shape, stride and padding options; ``--backend numpy|numba``. It prints one row per tensor and
+cross-entropy, the whole model); ``--layer conv2d|maxpool|dense|relu|flatten|softmax_ce|batchnorm|dropout`` checks one
+layer with shape, stride and padding options (``--rate`` for dropout, whose mask is frozen); ``--backend numpy|numba``. It prints one row per tensor and
 ``N/M checks passed``, and exits with 0 only when every check passes. See ``--help`` and
 docs/studying_backprop.md.
 """
@@ -205,7 +205,7 @@ def check_model(model, x, y, eps=EPS, max_checks=30, seed=0, threshold=THRESHOLD
 
     def f():
         out = plan.forward(x, plan.new_states(workspaces=False), ctx, logits=plan.logits_loss)
-        return float(losses_mod.unchecked_compute(model.loss)(out, labels, logits=plan.logits_loss)[0])
+        return float(losses_mod.unchecked_compute(model.loss)(out, labels, logits=plan.logits_loss)[0]) + plan.penalty()
 
     results = []
     for layer in model.layers:
@@ -274,7 +274,7 @@ def check_softmax_ce(batch_size=4, classes=10, seed=0, eps=EPS, threshold=THRESH
 
 # --------------------------------------------------------------------------- command line
 
-LAYERS = ("conv2d", "maxpool", "dense", "relu", "flatten", "softmax_ce")
+LAYERS = ("conv2d", "maxpool", "dense", "relu", "flatten", "softmax_ce", "batchnorm", "dropout")
 
 # Per-layer defaults: non-square shapes that the strides do not divide, to catch index bugs.
 _DEFAULT_SHAPES = {
@@ -284,6 +284,8 @@ _DEFAULT_SHAPES = {
     "dense": (5,),
     "relu": (4, 5, 3),
     "flatten": (3, 4, 2),
+    "batchnorm": (4, 5, 3),
+    "dropout": (4, 5, 3),
 }
 
 
@@ -365,6 +367,10 @@ def _build_parser():
     p.add_argument("--no-bias", action="store_true", help="conv2d/dense without a bias")
     p.add_argument("--units", type=int, default=None, help="dense: output units (default 4); model: hidden units (8)")
     p.add_argument("--classes", type=int, default=10, help="softmax_ce and model: number of classes (default 10)")
+    p.add_argument("--rate", type=float, default=0.5, help="dropout: the drop rate, in [0, 1) (default 0.5); "
+                   "the mask is drawn once and frozen for the check")
+    p.add_argument("--no-center", action="store_true", help="batchnorm: no beta (center=False)")
+    p.add_argument("--no-scale", action="store_true", help="batchnorm: no gamma (scale=False)")
     p.add_argument("--max-checks", type=int, default=0, metavar="M",
                    help="probe at most M random entries per tensor (default 0: every entry)")
     p.add_argument("--eps", type=float, default=EPS, help=f"central-difference step (default {EPS:g})")
@@ -374,8 +380,18 @@ def _build_parser():
     return p
 
 
+def _around(center, spread):
+    """An initializer drawing center + spread * N(0, 1) from npcnn's generator (seeded by --seed)."""
+    def init(shape, dtype):
+        from npcnn.utils import get_rng
+
+        return (center + spread * get_rng().standard_normal(shape)).astype(dtype)
+
+    return init
+
+
 def _make_layer(args, parser):
-    from npcnn.layers import Conv2D, Dense, Flatten, MaxPooling2D, ReLU
+    from npcnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D, ReLU
 
     kind = args.layer
     bias = not args.no_bias
@@ -395,13 +411,20 @@ def _make_layer(args, parser):
         return Dense(args.units or 4, activation=args.activation, use_bias=bias, name="dense")
     if kind == "relu":
         return ReLU(name="re_lu")
+    if kind == "batchnorm":  # random gamma and beta: the defaults 1 and 0 would hide a missing factor
+        return BatchNormalization(center=not args.no_center, scale=not args.no_scale,
+                                  gamma_initializer=_around(1.0, 0.5), beta_initializer=_around(0.0, 0.3),
+                                  name="batch_normalization")
+    if kind == "dropout":
+        return Dropout(args.rate, name="dropout")
     return Flatten(name="flatten")
 
 
 def _describe(layer):
     """'Conv2D(filters=3, kernel_size=(3, 2), strides=(1, 1), padding='valid')' and the like."""
     attrs = [f"{a}={getattr(layer, a)!r}" for a in ("filters", "units", "kernel_size", "pool_size", "strides",
-                                                     "padding", "use_bias") if hasattr(layer, a)]
+                                                     "padding", "use_bias", "rate", "epsilon", "center", "scale")
+             if hasattr(layer, a)]
     if getattr(layer, "activation", None) is not None:
         attrs.append(f"activation={layer.activation.activation_name!r}")
     return f"{type(layer).__name__}({', '.join(attrs)})"

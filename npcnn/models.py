@@ -592,9 +592,10 @@ class Sequential:
             if bar is not None:
                 done = min(n, (step + 1) * batch_size)
                 bar.update(step + 1, self._logs(loss_sum / done, correct / done))
-        result = self._result(loss_sum / n, correct / n)
+        loss_mean = loss_sum / n + plan.penalty()  # Keras's evaluate reports the loss with the weight penalties
+        result = self._result(loss_mean, correct / n)
         if bar is not None:
-            bar.close(self._logs(loss_sum / n, correct / n))
+            bar.close(self._logs(loss_mean, correct / n))
         return result
 
     def predict(self, x, batch_size=32, verbose=0):

@@ -218,6 +218,7 @@ class Plan:
         param_steps = [s for s in steps if s.param_layer is not None]
         self._param_steps = param_steps
 
+
     def new_states(self, parallel=None, workspaces=True):
         """One fresh :class:`LayerState` per step (the first step computes no input gradient);
         ``workspaces``: give each a reusable :class:`Workspace` (else every array is fresh)."""
@@ -263,7 +264,23 @@ class Plan:
         if scale != 1.0:
             dout = dout * dout.dtype.type(scale)
         self.backward(dout, states, ctx, logits=self.logits_loss)
+        if self._regularized:  # weight penalties: the loss gets R(w), the gradients scale * dR/dw
+            index = {id(s): i for i, s in enumerate(self.steps)}
+            for step in self._regularized:
+                st, layer = states[index[id(step)]], step.param_layer
+                for key, reg in layer.regularizers.items():
+                    g = reg.gradient(layer.params[key])
+                    st.grads[key] = st.grads[key] + (g * g.dtype.type(scale) if scale != 1.0 else g)
+            loss = float(loss) + self.penalty()
         return float(loss), out
+
+    def penalty(self):
+        """Sum of the layers' weight penalties R(w) (kernel_regularizer and the like); 0.0 without any.
+
+        A regularizer is any object with ``reg(w) -> float`` and ``reg.gradient(w) -> dR/dw``
+        (:mod:`npcnn.regularizers`), kept in ``layer.regularizers`` {param name: regularizer}."""
+        return float(sum(reg(step.param_layer.params[key]) for step in self._regularized
+                         for key, reg in step.param_layer.regularizers.items()))
 
     def grads(self, states):
         """[[gradient per param of the step's layer, in params order] per param step]."""
@@ -275,6 +292,11 @@ class Plan:
         index = {id(s): i for i, s in enumerate(self.steps)}
         return [(s.param_layer, states[index[id(s)]].updates) for s in self._param_steps
                 if states[index[id(s)]].updates]
+
+    @property
+    def _regularized(self):
+        """The steps whose layer has weight penalties (read at each call: they may be set after compiling)."""
+        return [s for s in self._param_steps if getattr(s.param_layer, "regularizers", None)]
 
     @property
     def param_layers(self):

@@ -268,3 +268,32 @@ def test_metrics_are_reported_under_the_names_given(metrics, rng):
     assert len(result) == 1 + len(metrics)
     assert result[1] == pytest.approx(np.mean(model.predict(x).argmax(1) == y))
     assert all(r == result[1] for r in result[1:])
+
+
+# ------------------------------------------------------------------ weight penalties (the hook)
+class _L2:
+    """A minimal regularizer: R(w) = l2 * sum(w^2), dR/dw = 2 l2 w (the contract npcnn.regularizers follows)."""
+
+    def __init__(self, l2):
+        self.l2 = l2
+
+    def __call__(self, w):
+        return float(self.l2 * np.sum(np.square(w, dtype=np.float64)))
+
+    def gradient(self, w):
+        return (2 * self.l2 * w).astype(w.dtype)
+
+
+def test_weight_penalties_join_the_loss_and_the_gradients(rng):
+    x = gradcheck.spread_input((4, 3, 3, 2), rng)
+    y = np.array([0, 1, 2, 0])
+    npcnn.set_random_seed(2)
+    model = Sequential([Flatten(input_shape=(3, 3, 2)), Dense(5, activation="relu"), Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    plain = model.evaluate(x, y, verbose=0)
+    model.layers[1].regularizers = {"kernel": _L2(0.1)}
+    penalty = 0.1 * float(np.sum(model.layers[1].params["kernel"].astype(np.float64) ** 2))
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(plain + penalty, rel=1e-6)
+    assert all(r.passed for r in gradcheck.check_model(model, x, y))  # d(loss + R)/dw, both sides
+    loss, _, _ = model._loss_and_grad(x.astype(np.float32), y)
+    assert loss == pytest.approx(plain + penalty, rel=1e-5)

@@ -106,6 +106,7 @@ def softmax(z, ws=None):
 
 __all__ = [
     "register", "get_kernel", "conv_geometry", "output_size", "normalize_padding",
-    "override", "register_module", "kernel_names",
+    "override", "register_module", "kernel_names", "UnknownKernelError", "Workspace",
+    "ConvCache", "DenseCache", "FusedCache", "PoolCache",
     *_DISPATCHERS, "softmax",
 ]

@@ -120,6 +120,7 @@ class Layer:
         self.activation = None  # an activation layer run after the op (Dense and Conv2D take one)
         self.params: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
+        self.regularizers = {}  # {param name: regularizer}: a penalty R(w) added to the loss (see npcnn.plan)
         self.grads: dict[str, np.ndarray] = {}  # the last backward's gradients, published by whoever ran it
         self.built = False
         self.output_shape = None
