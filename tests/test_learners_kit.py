@@ -164,3 +164,92 @@ def test_adam_doc_worked_example():
     for zeros in (0, 1, 10, 100, 2000, 20000):
         assert _adam_step_after_zeros(zeros) <= bound
     assert _adam_step_after_zeros(999) > 2.5     # the old claim, "at most about lr", is false
+
+
+# --------------------------------------------------------------------------- item 11: break it, watch it fail
+
+BLOCK = re.compile(r"```text\n\$ python -m npcnn\.exercises ([\w-]+)\n(.*?)```", re.S)
+ROW = re.compile(r"^(\S+)\s+(\S+)\s+(\(.*?\))\s+(\S+)\s+(pass|FAIL)$", re.M)
+
+
+def _documented_blocks():
+    return dict(BLOCK.findall((DOCS / "exercises.md").read_text()))
+
+
+def test_every_exercise_is_documented_with_its_output():
+    from npcnn import exercises
+
+    blocks = _documented_blocks()
+    assert set(blocks) == set(exercises.EXERCISES)
+    text = (DOCS / "exercises.md").read_text()
+    for ex in exercises.EXERCISES.values():
+        assert ex.snippet.split("exercises.")[1].split("(")[0] in text
+        assert ex.snippet in text, f"docs/exercises.md lacks the snippet of {ex.name}"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("name", ["col2im", "col2im-stride-equals-kernel", "softmax-ce-mean", "maxpool-average",
+                                  "conv-flip"])
+def test_exercise_fails_as_documented(name, backend):
+    """Each broken kernel fails (the stride == kernel size col2im passes) tensor by tensor as the page shows;
+    a failing row's error is the page's to the printed digits."""
+    import npcnn
+    from npcnn import exercises
+
+    with npcnn.use_backend(backend):
+        results = exercises.run(name)
+    assert exercises.as_documented(name, results)
+    rows = ROW.findall(_documented_blocks()[name])
+    assert [(r.layer, r.tensor, str(r.shape), "pass" if r.passed else "FAIL") for r in results] == \
+        [(layer, tensor, shape, status) for layer, tensor, shape, _, status in rows]
+    for r, (_, _, _, err, status) in zip(results, rows):
+        if status == "FAIL":
+            assert f"{r.error:.2e}" == err
+    if name == "col2im-stride-equals-kernel":
+        assert all(r.passed for r in results)
+    else:
+        assert not all(r.passed for r in results)
+    # the override is gone: the real kernels pass again
+    assert all(r.passed for r in exercises.EXERCISES[name].check())
+
+
+def test_exercise_softmax_ce_bug_hides_at_batch_size_one():
+    import npcnn
+    from npcnn import exercises, gradcheck
+
+    with npcnn.kernels.override("sparse_softmax_ce", exercises.softmax_ce_without_mean()):
+        assert gradcheck.check_softmax_ce(batch_size=1)[0].passed
+        assert gradcheck.check_softmax_ce(batch_size=5)[0].error == pytest.approx(0.8, rel=1e-6)
+
+
+def test_exercise_flipped_forward_is_wrong_but_consistent():
+    from npcnn import exercises
+
+    assert "max |diff| = %.2f" % exercises.flipped_forward_difference() in (DOCS / "exercises.md").read_text()
+
+
+def test_exercise_col2im_in_the_whole_model_fails_below_conv2d_1_only():
+    """docs/exercises.md: only conv2d's parameters fail (conv2d_2 has one window, conv2d's dx is not computed)."""
+    import npcnn
+    from npcnn import exercises, gradcheck
+
+    npcnn.set_random_seed(0)
+    model = gradcheck.seed_model()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((2, 18, 18, 3)), rng.integers(0, 10, 2)
+    with npcnn.kernels.override("col2im", exercises.col2im_assign()):
+        results = gradcheck.check_model(model, x, y)
+    assert {(r.layer, r.tensor) for r in results if not r.passed} == {("conv2d", "kernel"), ("conv2d", "bias")}
+
+
+def test_exercises_command_line(capsys):
+    from npcnn import exercises
+
+    assert exercises.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.count("as documented:") == len(exercises.EXERCISES) and "NOT as documented" not in out
+    assert exercises.main(["--list"]) == 0
+    assert "col2im-stride-equals-kernel" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        exercises.main(["col2lm"])
+    assert e.value.code == 2 and "unknown exercise 'col2lm'" in capsys.readouterr().err
