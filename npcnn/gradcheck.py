@@ -14,10 +14,10 @@ backward gives about 1e-9 to 1e-11; :data:`THRESHOLD` is 1e-6. Inputs are spread
 where it is probed.
 
 Command line: ``python -m npcnn.gradcheck`` checks the shrunk seed model (every layer, the fused softmax
-cross-entropy, the whole model); ``--layer conv2d|maxpool|dense|relu|flatten|softmax_ce|batchnorm|dropout`` checks one
-layer with shape, stride and padding options (``--rate`` for dropout, whose mask is frozen); ``--backend numpy|numba``. It prints one row per tensor and
-``N/M checks passed``, and exits with 0 only when every check passes. See ``--help`` and
-docs/studying_backprop.md.
+cross-entropy, the whole model); ``--layer conv2d|maxpool|dense|relu|flatten|softmax_ce|batchnorm|dropout``
+checks one layer with shape, stride and padding options (``--rate`` for dropout, whose mask is frozen);
+``--backend numpy|numba``. It prints one row per tensor and ``N/M checks passed``, and exits with 0
+only when every check passes. See ``--help`` and docs/studying_backprop.md.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ from npcnn.layers.activations import Activation, ReLU, Sigmoid, Softmax, Tanh
 from npcnn.layers.base import Context, Layer, LayerState
 from npcnn.layers.convolutional import Conv2D, Convolution2D
 from npcnn.layers.core import Dense, Flatten
+from npcnn.layers.normalization import BatchNormalization
 from npcnn.layers.pooling import MaxPool2D, MaxPooling2D
+from npcnn.layers.regularization import Dropout
 
 __all__ = ["Layer", "LayerState", "Context", "Conv2D", "Convolution2D", "MaxPooling2D", "MaxPool2D", "Flatten",
-           "Dense", "ReLU", "Softmax", "Sigmoid", "Tanh", "Activation"]
+           "Dense", "ReLU", "Softmax", "Sigmoid", "Tanh", "Activation", "BatchNormalization", "Dropout"]
