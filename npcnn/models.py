@@ -466,12 +466,18 @@ class Sequential:
 
     @contextmanager
     def _training(self, where):
+        """Hold the model's training lock: one fit (or train_on_batch) at a time per model."""
         if not self._fit_lock.acquire(blocking=False):
+            if getattr(self, "_fit_thread", None) == threading.get_ident():
+                raise RuntimeError(f"{where}: called while this model is training in the same thread (from a "
+                                   "callback?); stop the running fit first (model.stop_training = True)")
             raise RuntimeError(f"{where}: this model is already training in another thread; wait for that "
                                "fit to finish, or train a copy (copy.deepcopy(model))")
+        self._fit_thread = threading.get_ident()
         try:
             yield
         finally:
+            self._fit_thread = None
             self._fit_lock.release()
 
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose=1, callbacks=None,

@@ -162,3 +162,19 @@ def test_predict_in_a_forked_child(threading_mode):
     assert child.exitcode == 0
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)  # the child may run serial drivers
     assert not parallel.forked_child()  # the parent is not a child
+
+
+def test_fit_from_inside_its_own_callback_is_refused_clearly():
+    model = _small()
+    x, y = _data(16)
+    errors = []
+
+    class Nested(npcnn.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            try:
+                self.model.train_on_batch(x, y)
+            except RuntimeError as e:
+                errors.append(str(e))
+
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[Nested()])
+    assert len(errors) == 2 and "same thread" in errors[0]
