@@ -277,7 +277,8 @@ class Sequential:
         """
         self._require_built("summary")
         print_fn = print_fn or print
-        width = (33, 26, 12)
+        longest = max(len(f"{layer.name} ({type(layer).__name__})") for layer in self.layers)
+        width = (max(33, longest + 2), 26, 12)  # Keras's widths, wider when a name needs it
         line = "_" * sum(width)
         rows = [f'Model: "{self.name}"', line,
                 _row(("Layer (type)", "Output Shape", "Param #"), width), "=" * sum(width)]

@@ -297,3 +297,28 @@ def test_weight_penalties_join_the_loss_and_the_gradients(rng):
     assert all(r.passed for r in gradcheck.check_model(model, x, y))  # d(loss + R)/dw, both sides
     loss, _, _ = model._loss_and_grad(x.astype(np.float32), y)
     assert loss == pytest.approx(plain + penalty, rel=1e-5)
+
+
+def test_summary_widens_for_long_layer_names():
+    from npcnn.layers import BatchNormalization
+
+    model = Sequential([Conv2D(4, 3, input_shape=(8, 8, 3)), BatchNormalization()])
+    lines = []
+    model.summary(print_fn=lines.append)
+    header = next(line for line in lines if "Layer (type)" in line)
+    row = next(line for line in lines if "batch_normalization (BatchNormalization)" in line)
+    assert row.index("(None, 6, 6, 4)") == header.index("Output Shape")
+    assert any(line.startswith("Non-trainable params: 8 ") for line in lines)
+
+
+def test_a_standalone_random_layer_draws_a_new_mask_each_call():
+    from npcnn.layers import Dropout
+
+    layer = Dropout(0.5)
+    x = np.ones((4, 50), np.float32)
+    a, b = layer.forward(x, training=True), layer.forward(x, training=True)
+    assert not np.array_equal(a, b)
+    npcnn.set_random_seed(3)
+    c = layer.forward(x, training=True)
+    npcnn.set_random_seed(3)
+    np.testing.assert_array_equal(c, layer.forward(x, training=True))  # seeded: reproducible

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npcnn.utils import float_dtype
+from npcnn.utils import float_dtype, get_rng
 
 
 class Context:
@@ -163,7 +163,8 @@ class Layer:
             ValueError: x's shape does not match the shape the layer was built for.
         """
         self._prepare_input(x)
-        ctx = Context(training)
+        # a random layer draws a fresh seed from npcnn's generator each call, as a training step does
+        ctx = Context(training, seed=int(get_rng().integers(0, 2**63)) if training and self.needs_rng else 0)
         own = self._own = (LayerState(), LayerState(), ctx)
         y = self.forward_op(x, own[0], ctx)
         if self.activation is not None:
