@@ -9,9 +9,11 @@ is the same three steps read backwards:
                dcols = dout @ K^T
                dx   = col2im(dcols)        the adjoint of im2col: overlapping windows add up
 
-It prints x, the im2col matrix with its row and column labels, the GEMM, the output (checked against a
-plain loop), then dK, db, dcols and dx, the count of windows covering each pixel (why col2im is not an
-inverse), and finally checks everything against the Conv2D layer and central differences.
+It prints x and the kernel (KH, KW, C, F) plane by plane, the im2col matrix with its row and column labels,
+the GEMM, the output (N, OH, OW, F) one plane per filter (checked against the plain loops of
+npcnn/kernels/naive.py), then dout, dK, db, dcols and dx (the backward checked against the loops too), the
+count of windows covering each pixel (why col2im is not an inverse), and finally checks everything against
+the Conv2D layer and central differences. Sizes must be positive; --kernel and --stride take one or two.
 
 Run:  python examples/conv_by_hand.py [--height 4 --width 4 --channels 1 --kernel 2 --filters 2
                                        --stride 1 --padding valid]
@@ -25,6 +27,7 @@ import numpy as np
 
 from npcnn import gradcheck
 from npcnn.kernels.im2col import col2im_numpy, conv_geometry, im2col_numpy
+from npcnn.kernels.naive import conv2d_backward_naive, conv2d_forward_naive
 from npcnn.layers import Conv2D
 
 
@@ -33,9 +36,10 @@ def show(title, a):
     print(np.array2string(np.asarray(a), precision=3, suppress_small=True, max_line_width=160))
 
 
-def show_nhwc(title, a, names=("n", "c"), layout="(N, H, W, C)"):
-    """Print an (N, H, W, C) tensor one (sample, channel) plane at a time, the way one pictures an image."""
-    print(f"\n{title}  shape {a.shape} {layout}, one plane per ({names[0]}, {names[1]}):")
+def show_nhwc(title, a, layout="(N, H, W, C)", names=("n", "c")):
+    """Print a 4-D tensor laid out as ``layout`` (batch, rows, columns, channels) one 2-D plane at a time:
+    one plane per (first axis, last axis) pair, named by ``names``, the way one pictures an image."""
+    print(f"\n{title}  shape {a.shape} = {layout}, one plane per ({names[0]}, {names[1]}):")
     for n in range(a.shape[0]):
         for c in range(a.shape[3]):
             print(f"  [{names[0]}={n}, {names[1]}={c}]")
@@ -43,32 +47,42 @@ def show_nhwc(title, a, names=("n", "c"), layout="(N, H, W, C)"):
             print("    " + text.replace("\n", "\n    "))
 
 
-def naive_conv(x, kernel, bias, strides, pads, out_hw):
-    """The definition, with loops: out[n, oh, ow, f] = sum_{i,j,c} xpad[n, oh*sh+i, ow*sw+j, c] k[i,j,c,f] + b[f]."""
-    N, _, _, C = x.shape
-    KH, KW, _, F = kernel.shape
-    pt, pb, pl, pr = pads
-    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    out = np.zeros((N,) + tuple(out_hw) + (F,))
-    for n in range(N):
-        for oh in range(out_hw[0]):
-            for ow in range(out_hw[1]):
-                window = xp[n, oh * strides[0]:oh * strides[0] + KH, ow * strides[1]:ow * strides[1] + KW, :]
-                for f in range(F):
-                    out[n, oh, ow, f] = np.sum(window * kernel[:, :, :, f]) + bias[f]
-    return out
+def show_kernel(title, kernel):
+    """Print a (KH, KW, C, F) kernel as one KH x KW plane ``kernel[:, :, c, f]`` per (filter, input channel)."""
+    KH, KW, C, F = kernel.shape
+    print(f"\n{title}  shape {kernel.shape} = (KH, KW, C, F), one KH x KW plane kernel[:, :, c, f] per (f, c):")
+    for f in range(F):
+        for c in range(C):
+            print(f"  [f={f}, c={c}]")
+            text = np.array2string(kernel[:, :, c, f], precision=3, suppress_small=True, max_line_width=160)
+            print("    " + text.replace("\n", "\n    "))
+
+
+def positive(text):
+    """An argparse type: a positive integer, else a parser error naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--height", type=int, default=4)
-    p.add_argument("--width", type=int, default=4)
-    p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--kernel", type=int, nargs="+", default=[2], help="KH [KW] (default 2)")
-    p.add_argument("--filters", type=int, default=2)
-    p.add_argument("--stride", type=int, nargs="+", default=[1], help="SH [SW] (default 1)")
+    p.add_argument("--height", type=positive, default=4)
+    p.add_argument("--width", type=positive, default=4)
+    p.add_argument("--channels", type=positive, default=1)
+    p.add_argument("--kernel", type=positive, nargs="+", default=[2], metavar="K", help="KH [KW] (default 2)")
+    p.add_argument("--filters", type=positive, default=2)
+    p.add_argument("--stride", type=positive, nargs="+", default=[1], metavar="S", help="SH [SW] (default 1)")
     p.add_argument("--padding", choices=("valid", "same"), default="valid")
     args = p.parse_args(argv)
+    for name in ("kernel", "stride"):
+        if len(getattr(args, name)) > 2:
+            p.error(f"--{name} takes one or two integers ({'KH [KW]' if name == 'kernel' else 'SH [SW]'}), "
+                    f"got {len(getattr(args, name))}: {' '.join(map(str, getattr(args, name)))}")
     kh, kw = (args.kernel * 2)[:2]
     sh, sw = (args.stride * 2)[:2]
     H, W, C, F = args.height, args.width, args.channels, args.filters
@@ -84,8 +98,7 @@ def main(argv=None):
     print(f"Conv2D: {F} filters, kernel {kh}x{kw}, strides ({sh}, {sw}), padding {args.padding!r}")
     print(f"input {H}x{W}x{C} -> output {oh}x{ow}x{F}; padding (top, bottom, left, right) = {pads}")
     show_nhwc("x", x)
-    show_nhwc("kernel (KH, KW, C, F), shown as F filters of KH x KW per input channel",
-              kernel.transpose(3, 0, 1, 2), names=("filter", "c"), layout="-> (F, KH, KW, C)")
+    show_kernel("kernel", kernel)
 
     # ---------------------------------------------------------------- forward
     cols = im2col_numpy(x, (kh, kw), (sh, sw), pads, (oh, ow))
@@ -102,14 +115,15 @@ def main(argv=None):
     out2 = cols @ K2 + bias
     show("out = cols @ K + b", out2)
     out = out2.reshape(1, oh, ow, F)
-    show_nhwc("out reshaped to (N, OH, OW, F)", out)
-    ref = naive_conv(x, kernel, bias, (sh, sw), pads, (oh, ow))
-    print(f"\nmax |out - loop convolution| = {np.abs(out - ref).max():.1e}")
+    show_nhwc("out reshaped", out, layout="(N, OH, OW, F)", names=("n", "f"))
+    ref, loop_cache = conv2d_forward_naive(x, kernel, bias, (sh, sw), pads)   # npcnn/kernels/naive.py: plain loops
+    print(f"\nmax |out - loop convolution| = {np.abs(out - ref).max():.1e}   (npcnn.kernels.naive.conv2d_forward_naive)")
 
     # ---------------------------------------------------------------- backward
     print("\n=== backward ===")
     dout = np.linspace(-1.0, 1.0, out.size).reshape(out.shape)
-    show_nhwc("dout = d loss / d out (an arbitrary upstream gradient)", dout)
+    show_nhwc("dout = d loss / d out (an arbitrary upstream gradient)", dout, layout="(N, OH, OW, F)",
+              names=("n", "f"))
     d2 = dout.reshape(-1, F)
     dK = (cols.T @ d2).reshape(kernel.shape)
     show("dK = cols^T @ dout, reshaped to (KH, KW, C, F); here as (KH*KW*C, F)", dK.reshape(-1, F))
@@ -122,6 +136,10 @@ def main(argv=None):
     covers = col2im_numpy(np.ones_like(cols), x.shape, (kh, kw), (sh, sw), pads, (oh, ow))
     show_nhwc("col2im(ones): how many windows cover each pixel (so col2im(im2col(x)) = count * x, not x)",
               covers)
+    loop_dx, loop_dK, loop_db = conv2d_backward_naive(dout, loop_cache)
+    print(f"\nthe same backward as plain loops (npcnn.kernels.naive.conv2d_backward_naive): max |dx - loops| = "
+          f"{np.abs(dx - loop_dx).max():.1e}, max |dK - loops| = {np.abs(dK - loop_dK).max():.1e}, "
+          f"max |db - loops| = {np.abs(db - loop_db).max():.1e}")
     c = np.random.default_rng(0).standard_normal(cols.shape)
     print(f"\nadjoint identity <im2col(x), c> = {np.sum(cols * c):.6f}, "
           f"<x, col2im(c)> = {np.sum(x * col2im_numpy(c, x.shape, (kh, kw), (sh, sw), pads, (oh, ow))):.6f}")

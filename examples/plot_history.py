@@ -8,17 +8,20 @@ between the first and the last layers, or that collapse or blow up from epoch to
 ``--history`` reads a saved history: JSON written by ``npcnn.introspect.save_history`` or a training
 checkpoint ``.npz`` (``npcnn.checkpoint``). Without it, the script makes one: it trains the tutorial model
 on the CIFAR-10 sample bundled with npcnn with a GradientNormLogger and saves the history to
-``--save-history`` first.
+``--save-history`` first (default ``runs/history.json``). The PNG goes to ``runs/training_curves.png``
+(``runs/`` is ignored by git) unless ``--out`` says otherwise; the script prints both paths.
 
 Needs matplotlib (``pip install -e .[plot]``); without it, it prints the history as a table and skips the plot.
 
-Run:  python examples/plot_history.py [--history FILE] [--epochs 5] [--samples 1000] [--out training_curves.png]
+Run:  python examples/plot_history.py [--history FILE] [--epochs 5] [--samples 1000]
+                                      [--out runs/training_curves.png]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 
 import numpy as np
 
@@ -39,8 +42,9 @@ def make_history(args):
     model = seed_model((32, 32, 3), (32, 64, 64), 64, 10)
     history = model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, validation_data=(xt, yt),
                         verbose=2, callbacks=[GradientNormLogger()])
+    os.makedirs(os.path.dirname(os.path.abspath(args.save_history)), exist_ok=True)
     save_history(history, args.save_history)
-    print(f"saved the history to {args.save_history}")
+    print(f"saved the history to {os.path.abspath(args.save_history)}")
     return history.history
 
 
@@ -97,8 +101,10 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=5, help="when training a history (default 5)")
     p.add_argument("--samples", type=int, default=1000, help="training images of the bundled sample (default 1000)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--save-history", default="history.json", help="where a trained history is saved")
-    p.add_argument("--out", default="training_curves.png")
+    p.add_argument("--save-history", default=os.path.join("runs", "history.json"),
+                   help="where a trained history is saved (default runs/history.json)")
+    p.add_argument("--out", default=os.path.join("runs", "training_curves.png"),
+                   help="the PNG (default runs/training_curves.png)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -109,8 +115,9 @@ def main(argv=None):
     plt = pyplot()
     if plt is None:
         return 0
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     draw(plt, h, args.out)
-    print(f"wrote {args.out}")
+    print(f"wrote {os.path.abspath(args.out)}")
     return 0
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +30,17 @@ def run(script, *args, hide_matplotlib=False, cwd=None, backend="numpy", timeout
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
     assert proc.returncode == 0, f"{script} {args} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
+
+
+def run_refused(script, *args, cwd=None):
+    """Run a script that must refuse its arguments: exit status 2, an argparse error, no traceback."""
+    env = dict(os.environ, NPCNN_BACKEND="numpy", MPLBACKEND="Agg")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *map(str, args)], capture_output=True, text=True,
+                          timeout=120, cwd=cwd, env=env)
+    assert proc.returncode == 2, f"{script} {args}: exit status {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr and "error:" in proc.stderr, proc.stderr
+    return proc.stderr
 
 
 def has_matplotlib():
@@ -53,9 +65,32 @@ def test_conv_by_hand(tmp_path):
     assert "im2col: one row per output pixel" in out and "col2im(ones)" in out
     assert "max |out - loop convolution| = 0.0e+00" in out
     assert out.rstrip().endswith("3/3 checks passed")
+    # labels: x is (N, H, W, C); out and dout are (N, OH, OW, F), one plane per (n, f); the kernel (KH, KW, C, F)
+    assert "x  shape (1, 4, 4, 1) = (N, H, W, C), one plane per (n, c)" in out
+    assert "kernel  shape (2, 2, 1, 2) = (KH, KW, C, F), one KH x KW plane kernel[:, :, c, f] per (f, c)" in out
+    assert "out reshaped  shape (1, 3, 3, 2) = (N, OH, OW, F), one plane per (n, f)" in out
+    assert "(an arbitrary upstream gradient)  shape (1, 3, 3, 2) = (N, OH, OW, F), one plane per (n, f)" in out
+    assert "[n=0, f=1]" in out and "[f=1, c=0]" in out
+    loops = re.search(r"max \|dx - loops\| = (\S+), max \|dK - loops\| = (\S+), max \|db - loops\| = (\S+)", out)
+    assert loops and all(float(v) < 1e-12 for v in loops.groups())
     out = run("conv_by_hand.py", "--height", 5, "--width", 4, "--channels", 2, "--kernel", 3, 2, "--stride", 2,
-              "--padding", "same", cwd=tmp_path)
+              "--padding", "same", "--filters", 3, cwd=tmp_path)
+    assert "kernel  shape (3, 2, 2, 3) = (KH, KW, C, F)" in out
+    assert "out reshaped  shape (1, 3, 2, 3) = (N, OH, OW, F)" in out
     assert out.rstrip().endswith("3/3 checks passed")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--stride", 0), "--stride: expected a positive integer, got 0"),
+    (("--stride", 1, 2, 3), "--stride takes one or two integers (SH [SW]), got 3"),
+    (("--kernel", 2, 3, 4), "--kernel takes one or two integers (KH [KW]), got 3"),
+    (("--kernel", -1), "--kernel: expected a positive integer, got -1"),
+    (("--height", 0), "--height: expected a positive integer, got 0"),
+    (("--filters", "two"), "--filters: expected a positive integer, got 'two'"),
+    (("--kernel", 5), "does not fit a 4x4 input"),
+])
+def test_conv_by_hand_refuses_bad_arguments(tmp_path, args, message):
+    assert message in run_refused("conv_by_hand.py", *args, cwd=tmp_path)
 
 
 def test_trace_one_batch(tmp_path):
@@ -70,12 +105,27 @@ def test_plot_filters(tmp_path, hide):
     if not hide and not has_matplotlib():
         pytest.skip("matplotlib is not installed")
     png = tmp_path / "filters.png"
-    out = run("plot_filters.py", "--epochs", 1, "--samples", 32, "--out", png, hide_matplotlib=hide, cwd=tmp_path)
-    assert "mean filter norm" in out
+    out = run("plot_filters.py", "--epochs", 1, "--samples", 32, "--out", png, "--save-dir", tmp_path / "w",
+              hide_matplotlib=hide, cwd=tmp_path)
+    assert "mean filter norm" in out and "mean norm of the change" in out
     if hide:
         assert SKIP_MESSAGE in out and not png.exists()
     else:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"wrote {png}" in out
+    # The training path saves the run's initial and trained weights, so it can be replotted like with like.
+    from npcnn.gradcheck import seed_model
+    from npcnn.utils import set_random_seed
+
+    set_random_seed(0)
+    fresh = seed_model((32, 32, 3), (32, 64, 64), 64, 10)
+    start, trained = seed_model((32, 32, 3), (32, 64, 64), 64, 10), seed_model((32, 32, 3), (32, 64, 64), 64, 10)
+    start.load_weights(tmp_path / "w" / "initial_weights.npz")
+    trained.load_weights(tmp_path / "w" / "trained_weights.npz")
+    for a, b in zip(start.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(trained.get_weights()[0], start.get_weights()[0])
+    assert "--initial" in out and str(tmp_path / "w" / "initial_weights.npz") in out
 
 
 def test_plot_filters_from_saved_weights(tmp_path):
@@ -86,6 +136,63 @@ def test_plot_filters_from_saved_weights(tmp_path):
     out = run("plot_filters.py", "--weights", tmp_path / "w.npz", "--out", tmp_path / "f.png", hide_matplotlib=True,
               cwd=tmp_path)
     assert "loaded from w.npz" in out and SKIP_MESSAGE in out
+    # Without --initial there is no honest 'before': only the file's filters, and it says so.
+    assert "no --initial" in out and "at initialisation" not in out and "change" not in out.split("no --initial")[0]
+
+
+@pytest.mark.parametrize("hide", [False, True], ids=["matplotlib", "no-matplotlib"])
+def test_plot_filters_compares_like_with_like(tmp_path, hide):
+    """--weights with --initial: the 'before' and the change are the files' (not the script's own seed-0 init)."""
+    if not hide and not has_matplotlib():
+        pytest.skip("matplotlib is not installed")
+    from npcnn.gradcheck import seed_model
+    from npcnn.utils import set_random_seed
+
+    set_random_seed(7)
+    model = seed_model((32, 32, 3), (32, 64, 64), 64, 10)
+    model.save_weights(tmp_path / "start.npz")
+    kernel = model.layers[0].params["kernel"]
+    delta = np.random.default_rng(0).standard_normal(kernel.shape).astype(np.float32) * 0.05
+    kernel += delta
+    model.save_weights(tmp_path / "end.npz")
+    png = tmp_path / "f.png"
+    out = run("plot_filters.py", "--weights", tmp_path / "end.npz", "--initial", tmp_path / "start.npz", "--out", png,
+              hide_matplotlib=hide, cwd=tmp_path)
+
+    def mean_norm(k):
+        return np.linalg.norm(k.reshape(-1, k.shape[-1]), axis=0).mean()
+
+    assert "at initialisation: loaded from start.npz" in out and "loaded from end.npz" in out
+    assert f"mean filter norm {mean_norm(kernel - delta):.3f} at initialisation" in out
+    assert f"mean norm of the change {mean_norm(delta):.3f}" in out
+    if hide:
+        assert SKIP_MESSAGE in out and not png.exists()
+    else:
+        assert png.stat().st_size > 1000
+
+
+def test_plot_filters_initial_needs_weights(tmp_path):
+    assert "--initial goes with --weights" in run_refused("plot_filters.py", "--initial", tmp_path / "a.npz",
+                                                          cwd=tmp_path)
+
+
+def test_scripts_write_into_runs_by_default(tmp_path):
+    """Item 8: without --out the files land in ./runs/ (ignored by git), and the script prints where."""
+    (tmp_path / "h.json").write_text('{"loss": [2.3, 2.0], "accuracy": [0.1, 0.2]}')
+    out = run("plot_history.py", "--history", tmp_path / "h.json", cwd=tmp_path, hide_matplotlib=not has_matplotlib())
+    if has_matplotlib():
+        png = tmp_path / "runs" / "training_curves.png"
+        assert png.stat().st_size > 0 and f"wrote {png}" in out
+    out = run("plot_history.py", "--epochs", 1, "--samples", 10, "--batch-size", 10, cwd=tmp_path, hide_matplotlib=True)
+    assert (tmp_path / "runs" / "history.json").exists() and str(tmp_path / "runs" / "history.json") in out
+    out = run("plot_filters.py", "--epochs", 1, "--samples", 16, cwd=tmp_path, hide_matplotlib=not has_matplotlib())
+    assert (tmp_path / "runs" / "plot_filters" / "initial_weights.npz").exists()
+    assert (tmp_path / "runs" / "plot_filters" / "trained_weights.npz").exists()
+    if has_matplotlib():
+        assert (tmp_path / "runs" / "first_layer_filters.png").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "runs"]
+    gitignore = (ROOT / ".gitignore").read_text().split()
+    assert "/runs/" in gitignore or "runs/" in gitignore
 
 
 @pytest.mark.parametrize("hide", [False, True], ids=["matplotlib", "no-matplotlib"])
@@ -120,16 +227,24 @@ def test_plot_history_from_a_saved_file(tmp_path):
 def test_kernel_timings(tmp_path, hide):
     if not hide and not has_matplotlib():
         pytest.skip("matplotlib is not installed")
-    png = tmp_path / "k.png"
-    out = run("kernel_timings.py", "--batch", 2, "--repeat", 1, "--threads", 1, "--out", png, hide_matplotlib=hide,
+    png = tmp_path / "runs" / "kernel_timings.png"  # the default --out
+    out = run("kernel_timings.py", "--batch", 2, "--repeat", 3, "--threads", 1, hide_matplotlib=hide,
               cwd=tmp_path, backend="numba", timeout=600)
     for op in ("conv1 forward", "conv3 backward", "im2col", "col2im", "pool2 backward", "relu backward",
-               "softmax-CE"):
+               "softmax-CE", "dense forward", "dense backward", "conv1+relu+pool1 fwd", "conv1+relu+pool1 bwd",
+               "conv2+relu+pool2 fwd", "conv2+relu+pool2 bwd", "adam"):
         assert op in out
+    assert "3 timed runs" in out and "numpy ms [IQR]" in out and "widest swing" in out
+    rows = [line for line in out.splitlines() if re.search(r"\d\.\d{3} \[\d+\.\d{3}-\d+\.\d{3}\]", line)]
+    assert len(rows) == 23
+    for line in rows:  # each median lies inside its quartiles; the backends agree
+        for med, q1, q3 in re.findall(r"(\d+\.\d{3}) \[(\d+\.\d{3})-(\d+\.\d{3})\]", line):
+            assert float(q1) <= float(med) <= float(q3)
+        assert float(line.split()[-1] if "twin" not in line else line.split()[-3]) < 1e-4
     if hide:
         assert SKIP_MESSAGE in out and not png.exists()
     else:
-        assert png.exists()
+        assert png.stat().st_size > 0 and f"wrote {png}" in out
 
 
 # --------------------------------------------------------------------------- docs
