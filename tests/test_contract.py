@@ -322,3 +322,38 @@ def test_a_standalone_random_layer_draws_a_new_mask_each_call():
     c = layer.forward(x, training=True)
     npcnn.set_random_seed(3)
     np.testing.assert_array_equal(c, layer.forward(x, training=True))  # seeded: reproducible
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resume_with_batchnorm_and_dropout_is_bit_identical(tmp_path, backend, threads):
+    """Moving statistics (buffers) and the step seeds of Dropout (drawn from npcnn's generator, whose
+    state the checkpoint keeps) resume exactly: 1 + 2 epochs end where 3 uninterrupted epochs do."""
+    from npcnn.checkpoint import TrainingCheckpoint, restore_checkpoint
+    from npcnn.layers import BatchNormalization, Dropout
+
+    def build():
+        npcnn.set_random_seed(4)
+        model = Sequential([Conv2D(4, 3, padding="same", use_bias=False, input_shape=(8, 8, 3)),
+                            BatchNormalization(), Activation("relu"), MaxPooling2D(), Flatten(), Dropout(0.3),
+                            Dense(5, activation="softmax")])
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((48, 8, 8, 3), dtype=np.float32), rng.integers(0, 5, 48)
+    previous = npcnn.get_num_threads()
+    npcnn.set_num_threads(min(threads, npcnn.threads.max_threads()))
+    try:
+        ref = build()
+        ref.fit(x, y, batch_size=16, epochs=3, verbose=0)
+        first = build()
+        first.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[TrainingCheckpoint(tmp_path)])
+        npcnn.set_random_seed(99)  # a fresh process would have another generator state
+        resumed = build()
+        state = restore_checkpoint(tmp_path / "checkpoint.npz", resumed)
+        resumed.fit(x, y, batch_size=16, epochs=3, initial_epoch=state.epoch, verbose=0)
+    finally:
+        npcnn.set_num_threads(previous)
+    assert len(ref.non_trainable_weights) == 2
+    for a, b in zip(ref.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
