@@ -247,6 +247,65 @@ def test_kernel_timings(tmp_path, hide):
         assert png.stat().st_size > 0 and f"wrote {png}" in out
 
 
+# --------------------------------------------------------------------------- compare with PyTorch
+
+COMPARE_ROW = re.compile(r"^(.+?)\s+(\([\d, ]*\))\s+(\S+)\s+(\S+)\s+(yes|NO)$", re.M)
+
+
+@pytest.mark.parametrize("args, tensors", [
+    (("--layer", "conv2d", "--strides", 2, "--padding", "same", "--input-shape", "9,7,3"),
+     ["forward output y", "d/d input", "d/d kernel", "d/d bias"]),
+    (("--layer", "conv2d", "--activation", "relu", "--kernel-size", "2,3"),
+     ["forward output y", "d/d input", "d/d kernel", "d/d bias"]),
+    (("--layer", "maxpool", "--pool-size", 3, "--strides", 2, "--padding", "same"), ["forward output y", "d/d input"]),
+    (("--layer", "dense", "--activation", "relu"), ["forward output y", "d/d input", "d/d kernel", "d/d bias"]),
+    (("--layer", "relu"), ["forward output y", "d/d input"]),
+    (("--layer", "softmax_ce", "--classes", 7), ["loss", "d loss / d logits"]),
+    (("--small",), ["logits", "loss", "d loss / d input", "d loss / d conv2d/kernel", "d loss / d conv2d_2/bias",
+                    "d loss / d dense_1/kernel"]),
+], ids=["conv2d-same-stride2", "conv2d-relu", "maxpool-overlap-same", "dense", "relu", "softmax_ce", "model"])
+def test_compare_with_pytorch(tmp_path, args, tensors):
+    pytest.importorskip("torch")
+    out = run("compare_with_pytorch.py", *args, cwd=tmp_path)
+    rows = {name.strip(): (float(diff), float(scale), ok) for name, _, diff, scale, ok in COMPARE_ROW.findall(out)}
+    for t in tensors:
+        assert t in rows, f"{t} missing:\n{out}"
+    for name, (diff, scale, ok) in rows.items():
+        assert ok == "yes" and diff <= 1e-12 * max(scale, 1.0), (name, diff, scale)
+    assert "every tensor agrees" in out
+
+
+def test_compare_with_pytorch_whole_model_on_numba(tmp_path):
+    pytest.importorskip("torch")
+    out = run("compare_with_pytorch.py", "--small", "--batch-size", 3, cwd=tmp_path, backend="numba")
+    assert "backend numba" in out and "every tensor agrees" in out
+    assert len(COMPARE_ROW.findall(out)) == 3 + 10
+
+
+def test_compare_with_pytorch_without_torch(tmp_path):
+    """PyTorch hidden: one clear message with the pip command, exit status 2, no traceback."""
+    hide = ("import runpy, sys; sys.modules['torch'] = None; path = sys.argv[1]; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(path, run_name='__main__')")
+    env = dict(os.environ, NPCNN_BACKEND="numpy")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    for args in ([], ["--layer", "conv2d"]):
+        proc = subprocess.run([sys.executable, "-c", hide, str(EXAMPLES / "compare_with_pytorch.py"), *args],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+        assert proc.returncode == 2
+        assert "pip install torch==2.13.0" in proc.stderr and "PyTorch is not installed" in proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+    # --help works without torch and says what it needs
+    proc = subprocess.run([sys.executable, "-c", hide, str(EXAMPLES / "compare_with_pytorch.py"), "--help"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and "pip install torch==2.13.0" in proc.stdout
+
+
+def test_compare_with_pytorch_refuses_bad_arguments(tmp_path):
+    assert "invalid choice" in run_refused("compare_with_pytorch.py", "--layer", "conv3d", cwd=tmp_path)
+    assert "--kernel-size takes one or two" in run_refused("compare_with_pytorch.py", "--layer", "conv2d",
+                                                           "--kernel-size", "3,2,1", cwd=tmp_path)
+
+
 # --------------------------------------------------------------------------- docs
 
 REF = re.compile(r"`(npcnn/[\w/]+\.py)::([\w.]+)`")
