@@ -22,7 +22,21 @@ from __future__ import annotations
 
 import types
 
-from npcnn.kernels import activations, batchnorm, conv, dense, dropout, fused, im2col, optim, pool, softmax_ce
+from npcnn.kernels import (
+    activations,
+    augment,
+    avgpool,
+    batchnorm,
+    conv,
+    dense,
+    dropout,
+    fused,
+    globalpool,
+    im2col,
+    optim,
+    pool,
+    softmax_ce,
+)
 from npcnn.kernels.conv import ConvCache
 from npcnn.kernels.dense import DenseCache
 from npcnn.kernels.fused import FusedCache
@@ -52,6 +66,9 @@ MODULES = (
     fused,
     batchnorm,
     dropout,
+    avgpool,
+    globalpool,
+    augment,
 )
 
 for _module in MODULES:

@@ -8,12 +8,25 @@ Softmax:  p = exp(z - max z) / sum exp(z - max z) per row (the per-row max keeps
           dz = p * (dp - sum(dp * p))   (the Jacobian-vector product; the model never uses it
           when softmax feeds the cross-entropy: see :mod:`npcnn.kernels.softmax_ce`)
 
-Every forward returns ``(y, cache)`` where the cache *is* the output y (each backward needs only
-y); every backward is ``backward(dy, cache, ws=None) -> dx``. Shapes: x, y, dy, dx all the same
-(any shape; the softmax works along the last axis, z and p (N, K)).
+ELU:        y = x if x > 0 else alpha * (exp(x) - 1);     dx = dy if x > 0 else dy * (y + alpha)
+GELU:       y = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))  (Keras's default approximate=False);
+            dx = dy * (Phi(x) + x * phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)   (in float64)
+LeakyReLU:  y = x if x > 0 else negative_slope * x;      dx = dy if x > 0 else negative_slope * dy
+Softmax over any axis (softmax_axis): the softmax and its Jacobian-vector product along ``axis``.
+
+Every forward returns ``(y, cache)``. For ReLU, sigmoid, tanh and the softmax the cache *is* the
+output y (each backward needs only y); ELU keeps x (for the mask x > 0), y and alpha (an
+:class:`EluCache`), GELU keeps x, LeakyReLU x and the slope (a :class:`LeakyReLUCache`), the
+softmax over an axis p and the axis (a :class:`SoftmaxAxisCache`). Every backward is
+``backward(dy, cache, ws=None) -> dx``. Shapes: x, y, dy, dx all the same (any shape; the softmax
+works along the last axis, z and p (N, K); softmax_axis along ``axis``). The gradient at exactly
+0 follows PyTorch: ReLU 0, ELU alpha, LeakyReLU negative_slope.
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -67,6 +80,102 @@ def softmax_backward_numpy(dp, cache, ws=None):
     """Softmax Jacobian-vector product. dp, cache (the forward's p): (N, K). Returns dz: (N, K)."""
     p = cache
     return p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+
+
+class EluCache(NamedTuple):
+    """ELU backward's needs: x (the mask x > 0), y (the forward's output), alpha (x's dtype)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    alpha: np.generic
+
+
+class LeakyReLUCache(NamedTuple):
+    """LeakyReLU backward's needs: x (the mask x > 0) and negative_slope (x's dtype)."""
+
+    x: np.ndarray
+    negative_slope: np.generic
+
+
+class SoftmaxAxisCache(NamedTuple):
+    """The softmax over an axis: p (the forward's output) and axis (an int in [0, p.ndim))."""
+
+    p: np.ndarray
+    axis: int
+
+
+def elu_forward_numpy(x, alpha=1.0, ws=None):
+    """ELU forward. x: any shape. Returns (y, EluCache); y = x where x > 0, else alpha * (exp(x) - 1).
+
+    ``expm1`` keeps the small negative values accurate; x is clipped at 0 first so large positive
+    x never overflows in the branch that is not taken.
+    """
+    a = x.dtype.type(alpha)
+    y = np.where(x > 0, x, a * np.expm1(np.minimum(x, 0)))
+    return y, EluCache(x, y, a)
+
+
+def elu_backward_numpy(dy, cache, ws=None):
+    """ELU backward. dy: x's shape. Returns dx = dy where x > 0, else dy * (y + alpha) (= dy * alpha * exp(x))."""
+    x, y, a = cache
+    return np.where(x > 0, dy, dy * (y + a))
+
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+# NumPy has no erf: the twin applies Python's math.erf element by element (slow, but the
+# definition itself; the Numba version calls the same function compiled).
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def gelu_forward_numpy(x, ws=None):
+    """GELU forward, exact (erf) form, computed in float64. x: any shape. Returns (y, cache = x)."""
+    v = x.astype(np.float64)
+    y = (0.5 * v) * (1.0 + _erf(v * _INV_SQRT2).astype(np.float64))
+    return y.astype(x.dtype), x
+
+
+def gelu_backward_numpy(dy, cache, ws=None):
+    """GELU backward. dy, cache (the forward's x): same shape. Returns dx = dy * (Phi(x) + x phi(x)), dy's dtype."""
+    v = cache.astype(np.float64)
+    d = 0.5 * (1.0 + _erf(v * _INV_SQRT2).astype(np.float64)) + v * np.exp(-0.5 * v * v) * _INV_SQRT_2PI
+    return (dy.astype(np.float64) * d).astype(dy.dtype)
+
+
+def leaky_relu_forward_numpy(x, negative_slope=0.3, ws=None):
+    """LeakyReLU forward. x: any shape. Returns (y, LeakyReLUCache); y = x where x > 0, else negative_slope * x."""
+    s = x.dtype.type(negative_slope)
+    y = np.where(x > 0, x, x * s)
+    return y, LeakyReLUCache(x, s)
+
+
+def leaky_relu_backward_numpy(dy, cache, ws=None):
+    """LeakyReLU backward. Returns dx = dy where x > 0, else dy * negative_slope (the slope at exactly 0)."""
+    return np.where(cache.x > 0, dy, dy * cache.negative_slope)
+
+
+def softmax_axis_forward_numpy(z, axis, ws=None):
+    """Stable softmax along ``axis`` (an int, negative counts from the end). z: any shape.
+
+    Returns (p, SoftmaxAxisCache(p, axis in [0, z.ndim))), p of z's shape, summing to 1 along ``axis``.
+    """
+    axis = _check_axis(axis, z.ndim)
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    p = e / e.sum(axis=axis, keepdims=True)
+    return p, SoftmaxAxisCache(p, axis)
+
+
+def softmax_axis_backward_numpy(dp, cache, ws=None):
+    """Softmax Jacobian-vector product along the cache's axis: dz = p * (dp - sum_axis(dp * p))."""
+    p, axis = cache
+    return p * (dp - (dp * p).sum(axis=axis, keepdims=True))
+
+
+def _check_axis(axis, ndim):
+    """axis as an int in [0, ndim), or ValueError."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+        raise ValueError(f"softmax axis must be an int in [{-ndim}, {ndim}) for a {ndim}-d input, got {axis!r}")
+    return int(axis) % ndim
 
 
 # --------------------------------------------------------------------------- Numba versions
@@ -300,6 +409,251 @@ def softmax_backward_numba(dp, cache, ws=None):
     return dz
 
 
+# ----------------------------------------------------------------- ELU, GELU, LeakyReLU (Numba)
+# The same element-wise pattern; ELU and LeakyReLU compute in x's precision as their twins do,
+# GELU in float64 (then rounded to x's dtype), as its twin does.
+
+
+@njit(cache=True, nogil=True)
+def _elu_fwd_elem(x, y, a, i):
+    v = x[i]
+    y[i] = v if v > 0 else a * np.expm1(v)  # only v <= 0 reaches expm1: no overflow
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _elu_fwd_par(x, y, a):
+    for i in prange(x.size):
+        _elu_fwd_elem(x, y, a, i)
+
+
+@njit(cache=True, nogil=True)
+def _elu_fwd_ser(x, y, a):
+    for i in range(x.size):
+        _elu_fwd_elem(x, y, a, i)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _elu_bwd_par(dy, x, y, a, dx):
+    for i in prange(dy.size):
+        dx[i] = dy[i] if x[i] > 0 else dy[i] * (y[i] + a)
+
+
+@njit(cache=True, nogil=True)
+def _elu_bwd_ser(dy, x, y, a, dx):
+    for i in range(dy.size):
+        dx[i] = dy[i] if x[i] > 0 else dy[i] * (y[i] + a)
+
+
+@njit(cache=True, nogil=True)
+def _gelu_fwd_elem(x, y, i):
+    v = np.float64(x[i])
+    y[i] = (0.5 * v) * (1.0 + math.erf(v * _INV_SQRT2))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _gelu_fwd_par(x, y):
+    for i in prange(x.size):
+        _gelu_fwd_elem(x, y, i)
+
+
+@njit(cache=True, nogil=True)
+def _gelu_fwd_ser(x, y):
+    for i in range(x.size):
+        _gelu_fwd_elem(x, y, i)
+
+
+@njit(cache=True, nogil=True)
+def _gelu_bwd_elem(dy, x, dx, i):
+    v = np.float64(x[i])
+    d = 0.5 * (1.0 + math.erf(v * _INV_SQRT2)) + v * np.exp(-0.5 * v * v) * _INV_SQRT_2PI
+    dx[i] = np.float64(dy[i]) * d
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _gelu_bwd_par(dy, x, dx):
+    for i in prange(dy.size):
+        _gelu_bwd_elem(dy, x, dx, i)
+
+
+@njit(cache=True, nogil=True)
+def _gelu_bwd_ser(dy, x, dx):
+    for i in range(dy.size):
+        _gelu_bwd_elem(dy, x, dx, i)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _leaky_fwd_par(x, y, s):
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = v if v > 0 else v * s
+
+
+@njit(cache=True, nogil=True)
+def _leaky_fwd_ser(x, y, s):
+    for i in range(x.size):
+        v = x[i]
+        y[i] = v if v > 0 else v * s
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _leaky_bwd_par(dy, x, s, dx):
+    for i in prange(dy.size):
+        dx[i] = dy[i] if x[i] > 0 else dy[i] * s
+
+
+@njit(cache=True, nogil=True)
+def _leaky_bwd_ser(dy, x, s, dx):
+    for i in range(dy.size):
+        dx[i] = dy[i] if x[i] > 0 else dy[i] * s
+
+
+def elu_forward_numba(x, alpha=1.0, ws=None):
+    """ELU forward (Numba); same result and cache as the twin. ws: y is "elu.out"."""
+    x = np.ascontiguousarray(x)
+    a = x.dtype.type(alpha)
+    y = buffer(ws, "elu.out", x.shape, x.dtype)
+    fn = _elu_fwd_par if run_parallel(x.size, ws) else _elu_fwd_ser
+    fn(x.reshape(-1), y.reshape(-1), a)
+    return y, EluCache(x, y, a)
+
+
+def elu_backward_numba(dy, cache, ws=None):
+    """ELU backward (Numba): dx = dy where x > 0, else dy * (y + alpha). ws: dx is "elu.dx"."""
+    dy = np.ascontiguousarray(dy)
+    x, y, a = cache
+    dx = buffer(ws, "elu.dx", dy.shape, dy.dtype)
+    fn = _elu_bwd_par if run_parallel(dy.size, ws) else _elu_bwd_ser
+    fn(dy.reshape(-1), _flat(x), _flat(y), dy.dtype.type(a), dx.reshape(-1))
+    return dx
+
+
+def gelu_forward_numba(x, ws=None):
+    """GELU forward (Numba), exact erf form in float64; same result and cache (x) as the twin. ws: "gelu.out"."""
+    x = np.ascontiguousarray(x)
+    y = buffer(ws, "gelu.out", x.shape, x.dtype)
+    fn = _gelu_fwd_par if run_parallel(x.size, ws) else _gelu_fwd_ser
+    fn(x.reshape(-1), y.reshape(-1))
+    return y, x
+
+
+def gelu_backward_numba(dy, cache, ws=None):
+    """GELU backward (Numba): dx = dy * (Phi(x) + x phi(x)) in float64. ws: dx is "gelu.dx"."""
+    dy = np.ascontiguousarray(dy)
+    dx = buffer(ws, "gelu.dx", dy.shape, dy.dtype)
+    fn = _gelu_bwd_par if run_parallel(dy.size, ws) else _gelu_bwd_ser
+    fn(dy.reshape(-1), _flat(cache), dx.reshape(-1))
+    return dx
+
+
+def leaky_relu_forward_numba(x, negative_slope=0.3, ws=None):
+    """LeakyReLU forward (Numba); same result and cache as the twin. ws: y is "leaky_relu.out"."""
+    x = np.ascontiguousarray(x)
+    s = x.dtype.type(negative_slope)
+    y = buffer(ws, "leaky_relu.out", x.shape, x.dtype)
+    fn = _leaky_fwd_par if run_parallel(x.size, ws) else _leaky_fwd_ser
+    fn(x.reshape(-1), y.reshape(-1), s)
+    return y, LeakyReLUCache(x, s)
+
+
+def leaky_relu_backward_numba(dy, cache, ws=None):
+    """LeakyReLU backward (Numba): dx = dy where x > 0, else dy * negative_slope. ws: dx is "leaky_relu.dx"."""
+    dy = np.ascontiguousarray(dy)
+    dx = buffer(ws, "leaky_relu.dx", dy.shape, dy.dtype)
+    fn = _leaky_bwd_par if run_parallel(dy.size, ws) else _leaky_bwd_ser
+    fn(dy.reshape(-1), _flat(cache.x), dy.dtype.type(cache.negative_slope), dx.reshape(-1))
+    return dx
+
+
+# ----------------------------------------------------------------- softmax over any axis (Numba)
+# z is viewed as (A, K, B): A = the sizes before the axis multiplied, K the axis, B those after.
+# Each of the A * B lanes (a, :, b) is one softmax, written by one prange iteration; the sums
+# run in float64 as in the last-axis softmax.
+
+
+@njit(cache=True, nogil=True)
+def _softmax_lane(z, p, q):
+    B = z.shape[2]
+    a, b = q // B, q % B
+    K = z.shape[1]
+    m = z[a, 0, b]
+    for k in range(1, K):
+        if z[a, k, b] > m:
+            m = z[a, k, b]
+    s = 0.0
+    for k in range(K):
+        e = np.exp(z[a, k, b] - m)
+        p[a, k, b] = e
+        s += e
+    inv = 1.0 / s
+    for k in range(K):
+        p[a, k, b] = p[a, k, b] * inv
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _softmax_axis_fwd_par(z, p):
+    for q in prange(z.shape[0] * z.shape[2]):
+        _softmax_lane(z, p, q)
+
+
+@njit(cache=True, nogil=True)
+def _softmax_axis_fwd_ser(z, p):
+    for q in range(z.shape[0] * z.shape[2]):
+        _softmax_lane(z, p, q)
+
+
+@njit(cache=True, nogil=True)
+def _softmax_bwd_lane(dp, p, dz, q):
+    B = p.shape[2]
+    a, b = q // B, q % B
+    K = p.shape[1]
+    s = 0.0
+    for k in range(K):
+        s += dp[a, k, b] * p[a, k, b]
+    for k in range(K):
+        dz[a, k, b] = p[a, k, b] * (dp[a, k, b] - s)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _softmax_axis_bwd_par(dp, p, dz):
+    for q in prange(p.shape[0] * p.shape[2]):
+        _softmax_bwd_lane(dp, p, dz, q)
+
+
+@njit(cache=True, nogil=True)
+def _softmax_axis_bwd_ser(dp, p, dz):
+    for q in range(p.shape[0] * p.shape[2]):
+        _softmax_bwd_lane(dp, p, dz, q)
+
+
+def _akb(shape, axis):
+    """(A, K, B): the sizes before ``axis`` multiplied, the axis, the sizes after it multiplied."""
+    return (int(np.prod(shape[:axis], dtype=np.int64)), int(shape[axis]),
+            int(np.prod(shape[axis + 1:], dtype=np.int64)))
+
+
+def softmax_axis_forward_numba(z, axis, ws=None):
+    """Softmax along ``axis`` (Numba); same result and cache as the twin. ws: p is "softmax_axis.out"."""
+    axis = _check_axis(axis, np.ndim(z))
+    z = np.ascontiguousarray(z)
+    p = buffer(ws, "softmax_axis.out", z.shape, z.dtype)
+    akb = _akb(z.shape, axis)
+    fn = _softmax_axis_fwd_par if run_parallel(z.size, ws) else _softmax_axis_fwd_ser
+    fn(z.reshape(akb), p.reshape(akb))
+    return p, SoftmaxAxisCache(p, axis)
+
+
+def softmax_axis_backward_numba(dp, cache, ws=None):
+    """Softmax Jacobian-vector product along the cache's axis (Numba). ws: dz is "softmax_axis.dz"."""
+    p, axis = cache
+    dp = np.ascontiguousarray(dp)
+    p = np.ascontiguousarray(p)
+    dz = buffer(ws, "softmax_axis.dz", dp.shape, np.result_type(dp.dtype, p.dtype))
+    akb = _akb(dp.shape, axis)
+    fn = _softmax_axis_bwd_par if run_parallel(dp.size, ws) else _softmax_axis_bwd_ser
+    fn(dp.reshape(akb), p.reshape(akb), dz.reshape(akb))
+    return dz
+
+
 # name -> (NumPy twin, Numba version), registered by npcnn.kernels (see registry.py)
 KERNELS = {
     "relu_forward": (relu_forward_numpy, relu_forward_numba),
@@ -310,4 +664,12 @@ KERNELS = {
     "tanh_backward": (tanh_backward_numpy, tanh_backward_numba),
     "softmax_forward": (softmax_forward_numpy, softmax_forward_numba),
     "softmax_backward": (softmax_backward_numpy, softmax_backward_numba),
+    "elu_forward": (elu_forward_numpy, elu_forward_numba),
+    "elu_backward": (elu_backward_numpy, elu_backward_numba),
+    "gelu_forward": (gelu_forward_numpy, gelu_forward_numba),
+    "gelu_backward": (gelu_backward_numpy, gelu_backward_numba),
+    "leaky_relu_forward": (leaky_relu_forward_numpy, leaky_relu_forward_numba),
+    "leaky_relu_backward": (leaky_relu_backward_numpy, leaky_relu_backward_numba),
+    "softmax_axis_forward": (softmax_axis_forward_numpy, softmax_axis_forward_numba),
+    "softmax_axis_backward": (softmax_axis_backward_numpy, softmax_axis_backward_numba),
 }
