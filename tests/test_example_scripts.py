@@ -247,6 +247,78 @@ def test_kernel_timings(tmp_path, hide):
         assert png.stat().st_size > 0 and f"wrote {png}" in out
 
 
+# --------------------------------------------------------------------------- see inside: feature maps, saliency
+
+
+def assert_png(path, out):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, f"{path}: {len(data)} bytes"
+    assert f"wrote {path}" in out
+
+
+@pytest.mark.parametrize("hide", [False, True], ids=["matplotlib", "no-matplotlib"])
+def test_plot_feature_maps(tmp_path, hide):
+    if not hide and not has_matplotlib():
+        pytest.skip("matplotlib is not installed")
+    out = run("plot_feature_maps.py", "--epochs", 1, "--samples", 32, "--max-maps", 6, "--index", 2,
+              hide_matplotlib=hide, cwd=tmp_path)
+    assert "test image 2 (label: " in out and "trained 1 epoch(s) on 32 sample images" in out
+    for name in ("conv2d (Conv2D)", "max_pooling2d_1 (MaxPooling2D)", "conv2d_2 (Conv2D)", "(1, 30, 30, 32)",
+                 "(1, 4, 4, 64)", "flatten (Flatten)", "dense_1 (Dense)"):
+        assert name in out
+    png = tmp_path / "runs" / "feature_maps.png"                  # the default --out
+    if hide:
+        assert SKIP_MESSAGE in out and not png.exists()
+    else:
+        assert_png(png, out)
+
+
+def test_plot_feature_maps_from_saved_weights(tmp_path):
+    from npcnn.gradcheck import seed_model
+
+    seed_model((32, 32, 3), (32, 64, 64), 64, 10).save_weights(tmp_path / "w.npz")
+    png = tmp_path / "maps.png"
+    out = run("plot_feature_maps.py", "--weights", tmp_path / "w.npz", "--out", png, cwd=tmp_path,
+              hide_matplotlib=not has_matplotlib())
+    assert "weights loaded from w.npz" in out and "Epoch" not in out
+    if has_matplotlib():
+        assert_png(png, out)
+    assert "--index must be in [0, 200)" in run_refused("plot_feature_maps.py", "--weights", tmp_path / "w.npz",
+                                                        "--index", 200, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("hide", [False, True], ids=["matplotlib", "no-matplotlib"])
+def test_plot_saliency(tmp_path, hide):
+    if not hide and not has_matplotlib():
+        pytest.skip("matplotlib is not installed")
+    out = run("plot_saliency.py", "--epochs", 1, "--samples", 32, "--images", 3, "--first", 5,
+              hide_matplotlib=hide, cwd=tmp_path)
+    norms = re.findall(r"image (\d+): label .* \|d loss / d image\| (\S+)", out)
+    assert [int(i) for i, _ in norms] == [5, 6, 7] and all(float(v) > 0 for _, v in norms)
+    assert "the first layer's grad_input" in out
+    png = tmp_path / "runs" / "saliency.png"
+    if hide:
+        assert SKIP_MESSAGE in out and not png.exists()
+    else:
+        assert_png(png, out)
+
+
+def test_plot_saliency_is_the_first_layers_input_gradient(tmp_path):
+    """The map is max over channels of |records[0].grad_input| of model.trace (d loss / d input)."""
+    import runpy
+
+    from npcnn.gradcheck import seed_model
+
+    module = runpy.run_path(str(EXAMPLES / "plot_saliency.py"), run_name="saliency")
+    model = seed_model((18, 18, 3), (4, 6, 5), 8, 10)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((2, 18, 18, 3), dtype=np.float32), np.array([3, 7])
+    grad = model.trace(x, y)[0].grad_input
+    maps = module["saliency"](grad)
+    assert maps.shape == (2, 18, 18) and np.array_equal(maps, np.abs(grad).max(axis=-1))
+    assert maps[0].max() > 0 and maps[1].max() > 0
+
+
 # --------------------------------------------------------------------------- compare with PyTorch
 
 COMPARE_ROW = re.compile(r"^(.+?)\s+(\([\d, ]*\))\s+(\S+)\s+(\S+)\s+(yes|NO)$", re.M)
