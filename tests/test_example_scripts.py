@@ -319,6 +319,26 @@ def test_plot_saliency_is_the_first_layers_input_gradient(tmp_path):
     assert maps[0].max() > 0 and maps[1].max() > 0
 
 
+# --------------------------------------------------------------------------- the walk-through (percent format)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_studying_backprop_walkthrough_runs(tmp_path, backend):
+    """examples/studying_backprop.py asserts what each cell shows; run whole, it must reach its last line."""
+    out = run("studying_backprop.py", cwd=tmp_path, backend=backend)
+    assert out.rstrip().endswith("all checks passed")
+    assert "by hand: loss" in out and "FAIL" in out and "10/10 checks passed" in out
+    assert list(tmp_path.iterdir()) == []                           # it writes nothing
+
+
+def test_studying_backprop_is_in_percent_format():
+    text = (EXAMPLES / "studying_backprop.py").read_text()
+    cells = re.findall(r"^# %%( \[markdown\])?$", text, re.M)
+    assert len(cells) >= 18 and cells.count(" [markdown]") >= 9
+    for step in ("as loops", "im2col", "Backward", "gradient check", "Break it", "model.trace", "training step"):
+        assert step in text
+
+
 # --------------------------------------------------------------------------- compare with PyTorch
 
 COMPARE_ROW = re.compile(r"^(.+?)\s+(\([\d, ]*\))\s+(\S+)\s+(\S+)\s+(yes|NO)$", re.M)
