@@ -99,16 +99,32 @@ def thread_info() -> dict:
     }
 
 
+ENV_THREADS = "NPCNN_NUM_THREADS"
+
+
+def threads_from_env(value, hi=None):
+    """The thread count that ``NPCNN_NUM_THREADS=value`` asks for, checked.
+
+    Raises:
+        ValueError: not an integer in [1, :func:`max_threads`]; the message names the variable.
+    """
+    hi = max_threads() if hi is None else hi
+    try:
+        n = int(value.strip())
+    except ValueError:
+        n = None
+    if n is None or not 1 <= n <= hi:
+        raise ValueError(f"{ENV_THREADS}={value!r}: must be an integer between 1 and {hi} "
+                         "(the cores Numba can use); unset it to use them all")
+    return n
+
+
 def _init_from_env():
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "workqueue"
-    value = os.environ.get("NPCNN_NUM_THREADS")
+    value = os.environ.get(ENV_THREADS)
     if value:
-        try:
-            n = int(value)
-        except ValueError:
-            raise ValueError(f"NPCNN_NUM_THREADS must be a positive integer, got {value!r}") from None
-        set_num_threads(n)
+        set_num_threads(threads_from_env(value))
 
 
 _init_from_env()
