@@ -42,10 +42,17 @@ def info(benchmark):
 
 
 def record_throughput(benchmark, kind, batch, engine):
-    """Store images/s (from the mean time of one call on ``batch`` images) in extra_info and the summary."""
+    """Store images/s (from the mean time of one call on ``batch`` images) in extra_info and the summary.
+
+    With ``--benchmark-disable`` (a smoke test: each benchmark runs once, untimed) ``benchmark.stats``
+    is None and nothing is recorded.
+    """
+    if getattr(benchmark, "stats", None) is None:
+        return None
     ips = batch / benchmark.stats.stats.mean
     benchmark.extra_info["images_per_s"] = round(ips, 1)
     THROUGHPUT.setdefault((kind, batch), {})[engine] = ips
+    return ips
 
 
 def pytest_terminal_summary(terminalreporter):
