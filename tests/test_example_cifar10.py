@@ -224,3 +224,237 @@ def test_real_data_smoke(tmp_path, capsys):
     out = capsys.readouterr().out
     assert result["data"] == "cifar10" and result["n_train"] == 300 and "SAMPLE" not in out
     assert out.strip().splitlines()[-1].startswith("Test accuracy: 0.")
+
+
+# ------------------------------------------------------------------ issue 11 items 1-6: the CLI never loses work
+def _cli(argv, capsys):
+    """Run the command in-process: (exit status, stdout, stderr)."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as info:
+            example._cli(argv)
+            raise SystemExit(0)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # _cli ignores a second Ctrl-C after an interrupt
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+def _one_error_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if a run gets as far as building the model (i.e. past the checks of the paths)."""
+    def build():
+        raise AssertionError("the run started although an output path is unusable")
+
+    monkeypatch.setattr(example, "build_model", build)
+
+
+def test_existing_checkpoint_needs_resume_or_overwrite(tmp_path, capsys):
+    """Item 1: re-running the command after a crash (no --resume) silently overwrote the checkpoint."""
+    ck = tmp_path / "ck"
+    example.main(QUICK + ["--epochs", "2", "--verbose", "0", "--checkpoint-dir", str(ck)])
+    capsys.readouterr()
+    before = (ck / "checkpoint.npz").read_bytes()
+    status, out, err = _cli(QUICK + ["--epochs", "3", "--verbose", "0", "--checkpoint-dir", str(ck)], capsys)
+    line = _one_error_line(err)
+    assert status == 1 and line.startswith("cifar10: error: ") and "--resume" in line and "--overwrite" in line
+    assert (ck / "checkpoint.npz").read_bytes() == before and "Epoch" not in out
+    # --overwrite starts over: the new checkpoint counts from epoch 1 again
+    example.main(QUICK + ["--epochs", "1", "--verbose", "0", "--checkpoint-dir", str(ck), "--overwrite"])
+    assert load_checkpoint(ck / "checkpoint.npz").epoch == 1
+    with pytest.raises(SystemExit):
+        example.main(QUICK + ["--checkpoint-dir", str(ck), "--resume", "--overwrite"])
+    with pytest.raises(SystemExit):
+        example.main(QUICK + ["--overwrite"])
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("what", ["output-dir-is-a-file", "checkpoint-dir-is-a-file", "save-is-a-directory",
+                                  "save-under-a-file", "history-json-is-a-directory", "read-only-output-dir"])
+def test_output_paths_are_checked_before_training(tmp_path, capsys, no_training, monkeypatch, what):
+    """Item 2: bad output paths were found only after training (or after epoch 1)."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    args = QUICK + ["--epochs", "1", "--verbose", "0"]
+    if what == "output-dir-is-a-file":
+        args += ["--output-dir", str(a_file)]
+        expect = "--output-dir"
+    elif what == "checkpoint-dir-is-a-file":
+        args += ["--checkpoint-dir", str(a_file)]
+        expect = "--checkpoint-dir"
+    elif what == "save-is-a-directory":
+        args += ["--output-dir", str(tmp_path / "out"), "--save", str(tmp_path)]
+        expect = "is a directory"
+    elif what == "save-under-a-file":
+        args += ["--output-dir", str(tmp_path / "out"), "--save", str(a_file / "w.npz")]
+        expect = "--save"
+    elif what == "history-json-is-a-directory":
+        (tmp_path / "out" / "history.json").mkdir(parents=True)
+        args += ["--output-dir", str(tmp_path / "out")]
+        expect = "history.json is a directory"
+    else:  # a read-only place (simulated: this test may run as root, which may write anywhere)
+        import errno
+        import tempfile
+
+        real = tempfile.TemporaryFile
+        ro = str(tmp_path / "ro")
+
+        def temporary_file(*a, **k):
+            if os.path.abspath(k.get("dir", "")) == ro:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+            return real(*a, **k)
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", temporary_file)
+        args += ["--output-dir", ro]
+        expect = "cannot write there (Read-only file system)"
+    status, out, err = _cli(args, capsys)
+    line = _one_error_line(err)
+    assert status == 1 and line.startswith("cifar10: error: ") and expect in line, line
+
+
+def test_weights_are_written_before_the_history_and_os_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    """Item 2: history.json was written first, so --save was lost when it failed; any OSError was a traceback."""
+    import errno
+
+    import npcnn.utils
+
+    real = npcnn.utils.atomic_write
+
+    def atomic_write(path, mode="wb"):
+        if os.path.basename(path) == "history.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, mode)
+
+    monkeypatch.setattr(npcnn.utils, "atomic_write", atomic_write)
+    status, out, err = _cli(QUICK + ["--epochs", "1", "--verbose", "0", "--output-dir", str(tmp_path / "out"),
+                                     "--save", str(tmp_path / "w.npz")], capsys)
+    line = _one_error_line(err)
+    assert status == 1 and line == (f"cifar10: error: cannot write the history to {tmp_path / 'out' / 'history.json'}"
+                                    ": No space left on device")
+    assert set(_weights(tmp_path / "w.npz")) >= {"conv2d/kernel", "dense_1/bias"}  # the weights made it
+
+
+def test_checkpoint_that_is_a_directory(tmp_path, capsys, no_training):
+    """Item 3: --resume said 'no checkpoint, starting from scratch', trained an epoch, then crashed."""
+    ck = tmp_path / "ck"
+    (ck / "checkpoint.npz").mkdir(parents=True)
+    for extra in (["--resume"], []):
+        status, out, err = _cli(QUICK + ["--checkpoint-dir", str(ck)] + extra, capsys)
+        line = _one_error_line(err)
+        assert status == 1 and "checkpoint.npz is not a checkpoint file" in line and "starting" not in out
+
+
+def test_interrupt_inside_a_numba_kernel_is_one_line(tmp_path, capsys, monkeypatch):
+    """Item 4: Numba can turn Ctrl-C into 'SystemError: ... returned a result with an exception set'."""
+    from npcnn.checkpoint import TrainingCheckpoint
+
+    real = TrainingCheckpoint.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        real(self, epoch, logs)
+        if epoch == 1:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise SystemError("CPUDispatcher(<function _im2col_serial>) returned a result with an exception "
+                                  "set") from None
+
+    monkeypatch.setattr(TrainingCheckpoint, "on_epoch_end", on_epoch_end)
+    ck = tmp_path / "ck"
+    status, out, err = _cli(QUICK + ["--epochs", "5", "--verbose", "0", "--checkpoint-dir", str(ck)], capsys)
+    assert status == 130
+    assert _one_error_line(err) == "cifar10: interrupted after epoch 2; continue with --resume"
+    assert load_checkpoint(ck / "checkpoint.npz").epoch == 2
+    with pytest.raises(example.Interrupted) as info:  # in code: a KeyboardInterrupt saying how far it got
+        example.main(QUICK + ["--epochs", "5", "--verbose", "0", "--checkpoint-dir", str(ck), "--overwrite"])
+    assert isinstance(info.value, KeyboardInterrupt) and info.value.epochs_done == 2
+    monkeypatch.undo()
+    monkeypatch.setattr(example, "load", lambda args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    status, out, err = _cli(QUICK + ["--verbose", "0", "--output-dir", str(tmp_path / "o")], capsys)
+    assert status == 130
+    assert _one_error_line(err) == ("cifar10: interrupted before the first epoch ended (no --checkpoint-dir: "
+                                    "nothing to resume from)")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or sys.platform == "win32", reason="needs SIGINT")
+def test_ctrl_c_then_resume(tmp_path, capsys):
+    """Item 4, for real: SIGINT at a few moments of a run (in fit, evaluate or a checkpoint write): always exit
+    status 130 with one line on stderr and an intact checkpoint; resuming ends with exactly the weights of an
+    uninterrupted run."""
+    args = QUICK + ["--epochs", "6", "--verbose", "0"]
+    ref = example.main(args + ["--output-dir", str(tmp_path / "ref"), "--save", str(tmp_path / "ref.npz")])
+    capsys.readouterr()
+    ck = str(tmp_path / "ck")
+    path = os.path.join(ck, "checkpoint.npz")
+    interrupted = 0
+    for i, delay in enumerate((0.0, 0.003, 0.01)):
+        before = load_checkpoint(path).epoch if i else 0
+        cmd = [sys.executable, "-m", "npcnn.examples.cifar10"] + args + ["--checkpoint-dir", ck]
+        if i:
+            cmd.append("--resume")
+        proc = subprocess.Popen(cmd, env=_env(), cwd=str(tmp_path), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            if before < 6 and _wait_for_epoch(path, before + 1, proc):  # this process is training: interrupt it
+                time.sleep(delay)
+                proc.send_signal(signal.SIGINT)
+        finally:
+            _, err = proc.communicate(timeout=120)
+        err = err.decode()
+        if proc.returncode == 0:  # finished before the signal
+            continue
+        interrupted += 1
+        assert proc.returncode == 130, err
+        line = _one_error_line(err)
+        done = load_checkpoint(path).epoch  # intact, readable
+        assert line == f"cifar10: interrupted after epoch {done}; continue with --resume"
+        assert [p for p in os.listdir(ck) if not p.startswith(".")] == ["checkpoint.npz"]
+    res = example.main(args + ["--checkpoint-dir", ck, "--resume", "--save", str(tmp_path / "res.npz")])
+    capsys.readouterr()
+    assert interrupted >= 1, "every run finished before it could be interrupted"
+    ref_w, res_w = _weights(tmp_path / "ref.npz"), _weights(tmp_path / "res.npz")
+    for k in ref_w:
+        np.testing.assert_array_equal(ref_w[k], res_w[k], err_msg=k)
+    assert res["history"] == ref["history"]
+
+
+def test_threads_flag_out_of_range_is_a_parser_error(capsys):
+    """Item 5: --threads 1000 was a raw ValueError from set_num_threads."""
+    from npcnn.threads import max_threads
+
+    with pytest.raises(SystemExit) as info:
+        example.main(QUICK + ["--threads", "1000"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--threads must be between 1 and {max_threads()} (the cores Numba can use), got 1000" in err
+
+
+def test_resume_records_and_checks_seed_threads_backend(tmp_path, capsys):
+    """Item 6: another --seed, thread count or backend on resume went unnoticed."""
+    import npcnn
+
+    ck = str(tmp_path / "ck")
+    example.main(QUICK + ["--epochs", "1", "--verbose", "0", "--checkpoint-dir", ck])
+    extra = load_checkpoint(os.path.join(ck, "checkpoint.npz")).extra
+    assert extra["config"]["seed"] == 3
+    assert extra["runtime"]["threads"] == npcnn.get_num_threads() and extra["runtime"]["backend"] == npcnn.get_backend()
+    capsys.readouterr()
+    other_seed = [a if a != "3" else "4" for a in QUICK]
+    with pytest.raises(CheckpointError, match=r"seed: checkpoint 3, now 4"):
+        example.main(other_seed + ["--epochs", "2", "--verbose", "0", "--checkpoint-dir", ck, "--resume"])
+    other = "numpy" if npcnn.get_backend() == "numba" else "numba"
+    with npcnn.use_backend(other):
+        example.main(QUICK + ["--epochs", "2", "--verbose", "0", "--checkpoint-dir", ck, "--resume"])
+    err = capsys.readouterr().err
+    assert f"cifar10: warning: resuming with backend={other!r}" in err and "not be bit-identical" in err
+    no_seed = [a for i, a in enumerate(QUICK) if a != "--seed" and QUICK[i - 1] != "--seed"]
+    with npcnn.use_backend(other):  # the checkpoint now records the backend of its last epochs
+        example.main(no_seed + ["--epochs", "3", "--verbose", "0", "--checkpoint-dir", ck, "--resume"])
+    assert capsys.readouterr().err == ""  # the checkpoint's seed, same settings: no warning
+    assert load_checkpoint(os.path.join(ck, "checkpoint.npz")).extra["config"]["seed"] == 3

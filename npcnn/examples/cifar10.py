@@ -15,6 +15,15 @@ matplotlib is installed) to ``--output-dir``.
 Data: ``npcnn.datasets.cifar10.load_data(--data-dir)`` (downloaded when absent). If there is no
 local copy and the download fails, the run says so in one line and trains on the small real
 sample bundled with npcnn (1,000 training / 200 test images), labelled as such.
+
+Nothing a mistake does loses work or ends in a traceback: every output path (``--checkpoint-dir``,
+``--output-dir``, ``--save``) is checked before the first step; an existing checkpoint is never
+overwritten without ``--resume`` (continue it) or ``--overwrite`` (start over); the final weights
+are written before the optional files; a file-system error is one line ``cifar10: error: ...``
+(exit status 1); Ctrl-C is one line ``cifar10: interrupted after epoch N; continue with --resume``
+(exit status 130), the last checkpoint intact. The checkpoint records the seed, thread count and
+backend: resuming with another seed is refused, with another thread count or backend warned about
+(the result is then not bit-identical to an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -24,11 +33,34 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 CONFIG_KEYS = ("batch_size", "limit", "data")  # must match when resuming
+RUNTIME_KEYS = ("threads", "backend", "data_parallel", "fuse")  # warned about when they differ on resume
+CHECKPOINT_NAME = "checkpoint.npz"
+
+
+class RunError(ValueError):
+    """A problem with the command line's paths or settings, found before (or instead of) training."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C: ``epochs_done`` epochs are safely finished (in the checkpoint, when there is one)."""
+
+    def __init__(self, epochs_done, checkpoint_dir):
+        super().__init__(epochs_done, checkpoint_dir)
+        self.epochs_done, self.checkpoint_dir = epochs_done, checkpoint_dir
+
+    def __str__(self):
+        done = f"after epoch {self.epochs_done}" if self.epochs_done else "before the first epoch ended"
+        if not self.checkpoint_dir:
+            return f"interrupted {done} (no --checkpoint-dir: nothing to resume from)"
+        if not self.epochs_done:
+            return f"interrupted {done}; no checkpoint was written yet"
+        return f"interrupted {done}; continue with --resume"
 
 
 def build_model():
@@ -106,7 +138,11 @@ def parse_args(argv=None):
     p.add_argument("--save", default=None, metavar="PATH", help="write the final weights (.npz) there")
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                    help="save weights, optimizer and RNG state and history after every epoch (atomically)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start over, replacing the checkpoint in --checkpoint-dir (without --resume or "
+                       "--overwrite an existing checkpoint is an error)")
     p.add_argument("--output-dir", default=None, metavar="DIR",
                    help="where history.json and history.png go (default: the checkpoint dir, else runs/cifar10)")
     p.add_argument("--sample", action="store_true", help="train on the bundled 1,000/200-image sample")
@@ -118,28 +154,160 @@ def parse_args(argv=None):
         value = getattr(args, name)
         if value is not None and value <= 0:
             p.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.threads is not None:
+        from npcnn.threads import max_threads
+
+        if args.threads > max_threads():
+            p.error(f"--threads must be between 1 and {max_threads()} (the cores Numba can use), got {args.threads}")
     if args.seed is not None and args.seed < 0:
         p.error(f"--seed must be a non-negative integer, got {args.seed}")
-    if args.resume and not args.checkpoint_dir:
-        p.error("--resume needs --checkpoint-dir")
+    if (args.resume or args.overwrite) and not args.checkpoint_dir:
+        p.error(f"--{'resume' if args.resume else 'overwrite'} needs --checkpoint-dir")
     return args
+
+
+def output_dir(args):
+    return args.output_dir or args.checkpoint_dir or os.path.join("runs", "cifar10")
+
+
+def check_outputs(args):
+    """Check every output path before anything runs (creating the folders), or raise :class:`RunError`.
+
+    The checkpoint folder, the output folder (history.json, history.png) and ``--save``'s folder must be
+    folders we can write to; ``checkpoint.npz`` must be a file if it exists, and an existing one needs
+    ``--resume`` or ``--overwrite``; ``--save`` must not be a folder.
+    """
+    if args.checkpoint_dir:
+        _writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+        ck = os.path.join(args.checkpoint_dir, CHECKPOINT_NAME)
+        if os.path.lexists(ck) and not os.path.isfile(ck):
+            raise RunError(f"{ck} is not a checkpoint file (it is a directory or something else): "
+                           "move it away or choose another --checkpoint-dir")
+        if os.path.isfile(ck) and not (args.resume or args.overwrite):
+            raise RunError(f"{ck} already holds a checkpoint: continue that run with --resume, "
+                           "or start over with --overwrite")
+    out = output_dir(args)
+    _writable_dir(out, "--output-dir")
+    for name in ("history.json", "history.png"):
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            raise RunError(f"--output-dir {out}: {path} is a directory; move it away or choose another --output-dir")
+    if args.save:
+        if os.path.isdir(args.save):
+            raise RunError(f"--save {args.save}: is a directory; give a file name, e.g. "
+                           f"{os.path.join(args.save, 'weights.npz')}")
+        _writable_dir(os.path.dirname(os.path.abspath(args.save)), "--save")
+
+
+def _writable_dir(path, flag):
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise RunError(f"{flag} {path}: exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise RunError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+
+
+def _write(path, what, fn):
+    """Run ``fn()`` (which writes ``path``); an OSError becomes a :class:`RunError` naming the path."""
+    try:
+        return fn()
+    except OSError as e:
+        raise RunError(f"cannot write {what} to {path}: {e.strerror or e}") from None
+
+
+def runtime_settings():
+    """What changes the float32 results without changing the model: threads, backend, data parallelism, fusion."""
+    import npcnn
+
+    settings = {"threads": npcnn.get_num_threads(), "backend": npcnn.get_backend()}
+    if hasattr(npcnn, "get_data_parallel"):
+        settings["data_parallel"] = bool(npcnn.get_data_parallel())
+    try:
+        from npcnn import plan
+
+        settings["fuse"] = bool(plan.FUSE)
+    except (ImportError, AttributeError):
+        pass
+    return settings
+
+
+def _interrupt_in(exc):
+    """Whether ``exc`` is, or was caused while handling, a KeyboardInterrupt (Numba can turn a Ctrl-C
+    inside a kernel into ``SystemError: ... returned a result with an exception set``)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def epoch_counter(progress):
+    """A callback that keeps ``progress['epochs_done']`` (npcnn is imported only when a run starts)."""
+    from npcnn.callbacks import Callback
+
+    class EpochCounter(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            progress["epochs_done"] = epoch + 1
+
+    return EpochCounter()
 
 
 def main(argv=None):
     """Run the program; returns {'test_loss', 'test_accuracy', 'history', 'data', ...}.
 
     Raises:
-        CheckpointError: --resume with a checkpoint from another model or other settings.
+        RunError: an output path cannot be written, or an existing checkpoint without --resume/--overwrite.
+        CheckpointError: --resume with a checkpoint from another model or other settings (seed included).
         npcnn.datasets.cifar10.CIFAR10FormatError: a local data file is corrupt.
+        Interrupted: Ctrl-C (a KeyboardInterrupt), with the number of epochs safely done.
     """
+    args = parse_args(argv)
+    progress = {"epochs_done": 0, "checkpoint": None}
+    try:
+        return _run(args, progress)
+    except BaseException as e:
+        if isinstance(e, Interrupted) or not _interrupt_in(e):
+            raise
+        raise Interrupted(_epochs_done(progress), args.checkpoint_dir) from None
+
+
+def _epochs_done(progress):
+    """Epochs safely finished: the checkpoint's own count when there is one (the interrupt may have come
+    between its rename and anything after it), else the epochs counted in this process."""
+    ckpt = progress["checkpoint"]
+    if ckpt is not None and ckpt.saved_epoch is not None:
+        from npcnn.checkpoint import load_checkpoint
+
+        try:
+            return load_checkpoint(ckpt.path).epoch
+        except (OSError, ValueError):
+            return ckpt.saved_epoch
+    return progress["epochs_done"]
+
+
+def _run(args, progress):
     import npcnn
     from npcnn.checkpoint import CheckpointError, TrainingCheckpoint, load_checkpoint, restore_checkpoint
 
-    args = parse_args(argv)
+    check_outputs(args)
     if args.threads:
         set_threads(args.threads)
     if args.seed is not None:
         npcnn.set_random_seed(args.seed)
+
+    state = None
+    if args.checkpoint_dir and args.resume:
+        path = os.path.join(args.checkpoint_dir, CHECKPOINT_NAME)
+        if os.path.isfile(path):
+            state = load_checkpoint(path)
+            progress["epochs_done"] = state.epoch
+        else:
+            print(f"No checkpoint in {args.checkpoint_dir}; starting from scratch")
 
     (x_train, y_train), (x_test, y_test), data = load(args)
     if args.limit:
@@ -155,30 +323,37 @@ def main(argv=None):
     model.summary(batch_size=args.batch_size)
 
     config = {"batch_size": args.batch_size, "limit": args.limit, "data": data, "seed": args.seed}
+    runtime = runtime_settings()
     initial_epoch, history, ckpt = 0, {}, None
     if args.checkpoint_dir:
-        ckpt = TrainingCheckpoint(args.checkpoint_dir, extra={"config": config})
-        if args.resume and ckpt.exists():
-            state = load_checkpoint(ckpt.path)
+        ckpt = TrainingCheckpoint(args.checkpoint_dir, extra={"config": config, "runtime": runtime})
+        if state is not None:
             saved = state.extra.get("config", {})
             diff = [f"{k}: checkpoint {saved.get(k)!r}, now {config[k]!r}" for k in CONFIG_KEYS
                     if saved.get(k) != config[k]]
+            seed_differs = args.seed is not None and saved.get("seed") != args.seed
+            if seed_differs:
+                diff.append(f"seed: checkpoint {saved.get('seed')!r}, now {args.seed!r}")
             if diff:
                 raise CheckpointError(f"{ckpt.path}: cannot resume with other settings ({'; '.join(diff)}); "
-                                      "use the same flags or another --checkpoint-dir")
+                                      f"use the same flags{' (or leave --seed out)' if seed_differs else ''} "
+                                      "or another --checkpoint-dir")
+            _warn_runtime(state.extra.get("runtime") or {}, runtime)
             restore_checkpoint(state, model)
             initial_epoch, history = state.epoch, state.history
             ckpt.history = {k: list(v) for k, v in history.items()}
             ckpt.extra["config"]["seed"] = saved.get("seed")
             print(f"Resuming from {ckpt.path}: {initial_epoch} epoch(s) done")
-        elif args.resume:
-            print(f"No checkpoint in {args.checkpoint_dir}; starting from scratch")
+        elif args.overwrite and os.path.isfile(ckpt.path):
+            os.remove(ckpt.path)  # start over: a later --resume must not find the old run
+            print(f"--overwrite: removed the checkpoint in {args.checkpoint_dir}; starting from scratch")
+        progress["checkpoint"] = ckpt
 
     started = time.perf_counter()
     if initial_epoch < args.epochs:
+        callbacks = ([ckpt] if ckpt else []) + [epoch_counter(progress)]
         model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=args.verbose,
-                  validation_data=(x_test, y_test), callbacks=[ckpt] if ckpt else None,
-                  initial_epoch=initial_epoch)
+                  validation_data=(x_test, y_test), callbacks=callbacks, initial_epoch=initial_epoch)
         if ckpt is not None:
             history = ckpt.history
         else:
@@ -191,14 +366,13 @@ def main(argv=None):
                                          verbose=2 if args.verbose else 0)
     result = {"data": data, "test_loss": float(test_loss), "test_accuracy": float(test_acc),
               "history": history, "epochs": len(next(iter(history.values()), [])),
-              "train_seconds_this_run": round(train_time, 3), "config": config,
+              "train_seconds_this_run": round(train_time, 3), "config": config, "runtime": runtime,
               "n_train": len(x_train), "n_test": len(x_test)}
 
-    output_dir = args.output_dir or args.checkpoint_dir or os.path.join("runs", "cifar10")
-    write_history(result, output_dir)
-    if args.save:
-        model.save_weights(args.save)
+    if args.save:  # the weights first: everything after this is optional
+        _write(args.save, "the weights", lambda: model.save_weights(args.save))
         print(f"Saved weights to {args.save}")
+    write_history(result, output_dir(args))
     if data == "sample":
         print(f"(trained and tested on the bundled SAMPLE: {len(x_test)} test images; not the full CIFAR-10 "
               "test set)")
@@ -207,13 +381,27 @@ def main(argv=None):
     return result
 
 
+def _warn_runtime(saved, now):
+    """One warning line when threads / backend / data parallelism / fusion differ from the checkpoint's."""
+    diff = [f"{k}={now[k]!r} (checkpoint: {saved[k]!r})" for k in RUNTIME_KEYS
+            if k in saved and k in now and saved[k] != now[k]]
+    if diff:
+        print(f"cifar10: warning: resuming with {', '.join(diff)}: the result will not be bit-identical to an "
+              "uninterrupted run (another thread count or backend sums float32 values in another order)",
+              file=sys.stderr)
+
+
 def write_history(result, output_dir):
     """history.json (always) and history.png (when matplotlib is installed), written atomically."""
     from npcnn.utils import atomic_write
 
     path = os.path.join(output_dir, "history.json")
-    with atomic_write(path, "w") as f:
-        json.dump(result, f, indent=2)
+
+    def write_json():
+        with atomic_write(path, "w") as f:
+            json.dump(result, f, indent=2)
+
+    _write(path, "the history", write_json)
     print(f"Wrote {path}")
     from npcnn.utils import pyplot
 
@@ -240,23 +428,48 @@ def write_history(result, output_dir):
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     png = os.path.join(output_dir, "history.png")
-    with atomic_write(png) as f:
-        f.write(buf.getvalue())
+
+    def write_png():
+        with atomic_write(png) as f:
+            f.write(buf.getvalue())
+
+    _write(png, "the plot", write_png)
     print(f"Wrote {png}")
 
 
-def _cli():
+def _cli(argv=None, hard_exit=False):
+    """The command: one line on stderr and exit status 1 for an error, 130 for Ctrl-C; never a traceback
+    for those. With ``hard_exit`` (the real command) an interrupted run leaves at once (``os._exit``, after
+    flushing): no finalizer or thread join half-done by the interrupt can print or wait after that line."""
+    import signal
+
+    def fail(message, status=1):
+        if status == 130 and sys.stderr.isatty():
+            sys.stderr.write("\n")  # after a live progress bar
+        sys.stderr.write(f"cifar10: {message}\n")
+        sys.stderr.flush()
+        if status == 130 and hard_exit:
+            sys.stdout.flush()
+            os._exit(status)
+        sys.exit(status)
+
     from npcnn.checkpoint import CheckpointError
     from npcnn.datasets.cifar10 import CIFAR10FormatError
 
     try:
-        main()
-    except (CheckpointError, CIFAR10FormatError, FileNotFoundError) as e:
-        sys.exit(f"cifar10: error: {e}")
+        main(argv)
+    except Interrupted as e:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not print a traceback either
+        fail(str(e), 130)
     except KeyboardInterrupt:
-        sys.exit("cifar10: interrupted" + (" (resume with --resume)" if "--checkpoint-dir" in " ".join(sys.argv)
-                                          else ""))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        fail("interrupted", 130)
+    except (RunError, CheckpointError, CIFAR10FormatError) as e:
+        fail(f"error: {e}")
+    except OSError as e:  # read-only, disk full, a directory where a file should be, ...
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        fail(f"error: {where}{e.strerror or e}")
 
 
 if __name__ == "__main__":
-    _cli()
+    _cli(hard_exit=True)
