@@ -253,3 +253,40 @@ def test_exercises_command_line(capsys):
     with pytest.raises(SystemExit) as e:
         exercises.main(["col2lm"])
     assert e.value.code == 2 and "unknown exercise 'col2lm'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- item 10: README, Studying backprop
+
+
+def _readme_section():
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Studying backprop\n")
+    return text[start:text.index("\n## ", start + 5)]
+
+
+def test_readme_studying_backprop_section():
+    section = _readme_section()
+    flat = " ".join(section.split())
+    # the layer level, said plainly, and what it buys
+    assert "layer level" in flat and "micrograd" in flat and "vector-Jacobian product of the whole layer" in flat
+    for word in ("**speed**", "**shapes**", "**one kernel per op**", "npcnn.kernels.override"):
+        assert word in flat
+    # how to get the data from a clone, not a builder outside the repository
+    assert "../shared" not in section and "make_cifar10" not in section
+    assert "load_sample()" in section and "cifar-10-python.tar.gz" in section and "--data-dir" in section
+    # every derivation and study page linked, and each link resolves
+    links = re.findall(r"\]\((docs/[\w.]+\.md)\)", section)
+    for page in ("conv2d.md", "maxpool2d.md", "conv_relu_maxpool.md", "dense.md", "relu.md", "flatten.md",
+                 "softmax_cross_entropy.md", "batchnorm.md", "dropout.md", "adam.md", "studying_backprop.md",
+                 "exercises.md", "kernels.md", "design.md"):
+        assert f"docs/{page}" in links, page
+    for link in links:
+        assert (ROOT / link).exists(), link
+    # the scripts and modules it names exist
+    for script in re.findall(r"`(\w+\.py)`", section):
+        assert (ROOT / "examples" / script).exists() or script == "naive.py", script
+    for module, named in (("npcnn/kernels/naive.py", "npcnn/kernels/naive.py"),
+                          ("npcnn/exercises.py", "python -m npcnn.exercises"),
+                          ("examples/studying_backprop.py", "python examples/studying_backprop.py"),
+                          ("examples/compare_with_pytorch.py", "python examples/compare_with_pytorch.py")):
+        assert named in flat and (ROOT / module).exists(), module
