@@ -2,11 +2,11 @@
 
 A flip and a translation move every row of an image by the same rule, and every column too: they
 are *separable* remaps. Output row i of sample n reads input rows ``rows[n, i, t]`` with weights
-``row_weights[n, i, t]`` (T taps: 1 for nearest, 2 for bilinear), output column j reads input
-columns ``cols[n, j, t]`` with ``col_weights[n, j, t]``, and an index of -1 is outside the image
+``row_weights[n, i, t]`` (TR taps: 1 for nearest, 2 for bilinear), output column j reads input
+columns ``cols[n, j, t]`` with ``col_weights[n, j, t]`` (TC taps), and an index of -1 is outside the image
 (it reads ``fill_value``)::
 
-    y[n, i, j, c] = sum_{a, b < T} row_weights[n, i, a] * col_weights[n, j, b]
+    y[n, i, j, c] = sum_{a < TR, b < TC} row_weights[n, i, a] * col_weights[n, j, b]
                                    * (x[n, rows[n, i, a], cols[n, j, b], c]  if both indices >= 0
                                       else fill_value)
 
@@ -46,8 +46,8 @@ INTERPOLATIONS = ("nearest", "bilinear")
 
 
 class RemapCache(NamedTuple):
-    """What remap backward needs: x_shape (N, H, W, C) and the taps: rows (N, OH, T) int64,
-    row_weights (N, OH, T), cols (N, OW, T) int64, col_weights (N, OW, T) (weights in x's dtype)."""
+    """What remap backward needs: x_shape (N, H, W, C) and the taps: rows (N, OH, TR) int64,
+    row_weights (N, OH, TR), cols (N, OW, TC) int64, col_weights (N, OW, TC) (weights in x's dtype)."""
 
     x_shape: tuple
     rows: np.ndarray
@@ -124,22 +124,21 @@ def remap2d_forward_numpy(x, rows, row_weights, cols, col_weights, fill_value, w
     """Separable per-sample remap (readable twin); see the module doc.
 
     Args:
-        x: (N, H, W, C). rows: (N, OH, T) int64 (-1: outside). row_weights: (N, OH, T) x's dtype.
-        cols: (N, OW, T) int64. col_weights: (N, OW, T). fill_value: a number, read outside the image.
+        x: (N, H, W, C). rows: (N, OH, TR) int64 (-1: outside). row_weights: (N, OH, TR) x's dtype.
+        cols: (N, OW, TC) int64. col_weights: (N, OW, TC). fill_value: a number, read outside the image.
         ws: ignored by the twin (the Numba version keeps "remap2d.out" there).
     Returns:
         y: (N, OH, OW, C), x's dtype; cache: a :class:`RemapCache`.
     """
     N, H, W, C = x.shape
-    T = rows.shape[2]
     fill = x.dtype.type(fill_value)
     row_weights = np.asarray(row_weights).astype(x.dtype, copy=False)
     col_weights = np.asarray(col_weights).astype(x.dtype, copy=False)
     n = np.arange(N)[:, None, None]
     y = np.zeros((N, rows.shape[1], cols.shape[1], C), x.dtype)
-    for a in range(T):  # the taps in (a, b) order: the Numba version adds in this order too
+    for a in range(rows.shape[2]):  # the taps in (a, b) order: the Numba version adds in this order too
         r = rows[:, :, a]
-        for b in range(T):
+        for b in range(cols.shape[2]):
             c = cols[:, :, b]
             w = row_weights[:, :, a][:, :, None] * col_weights[:, :, b][:, None, :]  # (N, OH, OW)
             inside = (r >= 0)[:, :, None] & (c >= 0)[:, None, :]
@@ -152,13 +151,12 @@ def remap2d_backward_numpy(dy, cache, ws=None):
     """Remap backward (readable twin): the adjoint scatter-add. dy: (N, OH, OW, C), never written.
     Returns dx: (N, H, W, C), dy's dtype."""
     x_shape, rows, row_weights, cols, col_weights = cache
-    T = rows.shape[2]
     row_weights = row_weights.astype(dy.dtype, copy=False)
     col_weights = col_weights.astype(dy.dtype, copy=False)
     dx = np.zeros(x_shape, dy.dtype)
-    for a in range(T):
+    for a in range(rows.shape[2]):
         r = rows[:, :, a]
-        for b in range(T):
+        for b in range(cols.shape[2]):
             c = cols[:, :, b]
             w = row_weights[:, :, a][:, :, None] * col_weights[:, :, b][:, None, :]
             g = w[..., None] * dy
@@ -182,19 +180,19 @@ from npcnn.kernels.workspace import buffer, run_parallel  # noqa: E402
 @njit(cache=True, nogil=True)
 def _remap_fwd_image(x, n, rows, rw, cols, cw, fill, out):
     C = x.shape[3]
-    OH, OW, T = out.shape[1], out.shape[2], rows.shape[2]
+    OH, OW, TR, TC = out.shape[1], out.shape[2], rows.shape[2], cols.shape[2]
     on = out[n]
     for i in range(OH):
         for j in range(OW):
             for ch in range(C):
                 on[i, j, ch] = 0
     for i in range(OH):
-        for a in range(T):
+        for a in range(TR):
             r = rows[n, i, a]
             wr = rw[n, i, a]
             for j in range(OW):
                 o = on[i, j]
-                for b in range(T):
+                for b in range(TC):
                     c = cols[n, j, b]
                     w = wr * cw[n, j, b]
                     if r >= 0 and c >= 0:
@@ -221,14 +219,14 @@ def _remap_fwd_ser(x, rows, rw, cols, cw, fill, out):
 @njit(cache=True, nogil=True)
 def _remap_bwd_image(dy, n, rows, rw, cols, cw, dx):
     H, W, C = dx.shape[1], dx.shape[2], dx.shape[3]
-    OH, OW, T = dy.shape[1], dy.shape[2], rows.shape[2]
+    OH, OW, TR, TC = dy.shape[1], dy.shape[2], rows.shape[2], cols.shape[2]
     dn = dx[n]
     for h in range(H):
         for w in range(W):
             for ch in range(C):
                 dn[h, w, ch] = 0
-    for a in range(T):
-        for b in range(T):
+    for a in range(TR):
+        for b in range(TC):
             for i in range(OH):
                 r = rows[n, i, a]
                 if r < 0:
