@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from npcnn import initializers
+from npcnn import initializers, regularizers
 from npcnn import kernels as K
 from npcnn.layers.activations import get_activation_layer
 from npcnn.layers.base import Layer
@@ -18,6 +18,9 @@ class Conv2D(Layer):
     Backward (see :mod:`npcnn.kernels.conv` and docs/conv2d.md): dkernel = cols^T @ dy,
     dbias = sum dy, dx = col2im(dy @ kernel^T).
 
+    ``kernel_regularizer`` / ``bias_regularizer`` (:mod:`npcnn.regularizers`: ``L2(1e-4)``, 'l2', ...)
+    add a penalty R(w) to the loss and dR/dw to the gradient; they land in ``self.regularizers``.
+
     In a model, a ReLU activation runs fused in the convolution kernel (``relu=True``: bias and
     max(., 0) in one pass, backward masks dy with [y > 0]), and a following MaxPooling2D may join
     them in one op; the model's plan (:mod:`npcnn.plan`) decides that, once.
@@ -25,7 +28,7 @@ class Conv2D(Layer):
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 name=None, input_shape=None, **kwargs):
+                 kernel_regularizer=None, bias_regularizer=None, name=None, input_shape=None, **kwargs):
         super().__init__(name=name, input_shape=input_shape, **kwargs)
         self.activation = get_activation_layer(activation, "Conv2D")
         self.filters = positive_int(filters, "filters", "Conv2D")
@@ -35,6 +38,11 @@ class Conv2D(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer, "Conv2D")
+        self.bias_regularizer = regularizers.get(bias_regularizer, "Conv2D")
+        self.regularizers = {k: r for k, r in (("kernel", self.kernel_regularizer),
+                                               ("bias", self.bias_regularizer if self.use_bias else None))
+                             if r is not None}
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npcnn import initializers
+from npcnn import initializers, regularizers
 from npcnn import kernels as K
 from npcnn.layers.activations import get_activation_layer
 from npcnn.layers.base import Layer
@@ -34,16 +34,26 @@ class Dense(Layer):
     Shapes: x (N, D); kernel (D, units) (Keras layout); bias (units,); y (N, units).
     Backward (kernels ``dense_forward``/``dense_backward``): dx = dy @ kernel^T;
     dkernel = x^T @ dy; dbias = sum_n dy[n].
+
+    ``kernel_regularizer`` / ``bias_regularizer`` (:mod:`npcnn.regularizers`: an instance such as
+    ``L2(1e-4)``, or a name 'l1', 'l2', 'l1_l2') add a penalty R(w) to the loss and dR/dw to the
+    gradient (the model's plan does it); they land in ``self.regularizers``.
     """
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", name=None, input_shape=None, **kwargs):
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None, name=None,
+                 input_shape=None, **kwargs):
         super().__init__(name=name, input_shape=input_shape, **kwargs)
         self.activation = get_activation_layer(activation, "Dense")
         self.units = positive_int(units, "units", "Dense")
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, "Dense", "kernel_initializer")
         self.bias_initializer = initializers.get(bias_initializer, "Dense", "bias_initializer")
+        self.kernel_regularizer = regularizers.get(kernel_regularizer, "Dense")
+        self.bias_regularizer = regularizers.get(bias_regularizer, "Dense")
+        self.regularizers = {k: r for k, r in (("kernel", self.kernel_regularizer),
+                                               ("bias", self.bias_regularizer if self.use_bias else None))
+                             if r is not None}
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
