@@ -160,7 +160,8 @@ def sample_batch(n, shape, seed):
     try:
         (x, y), _ = cifar10.load_sample()
         h, w, _ = shape
-        return x[:n, :h, :w].astype(np.float64) / 255.0, y[:n].reshape(-1).astype(np.int64), "the bundled CIFAR-10 sample"
+        images, labels = x[:n, :h, :w].astype(np.float64) / 255.0, y[:n].reshape(-1).astype(np.int64)
+        return images, labels, "the bundled CIFAR-10 sample"
     except FileNotFoundError:
         rng = np.random.default_rng(seed)
         return rng.random((n,) + tuple(shape)), rng.integers(0, 10, n), "random images"
@@ -220,8 +221,8 @@ def build_layer(args, parser):
 
 def describe(layer):
     """'Conv2D(filters=3, kernel_size=(3, 2), strides=(2, 2), padding='same', activation='relu')' and the like."""
-    attrs = [f"{a}={getattr(layer, a)!r}" for a in ("filters", "units", "kernel_size", "pool_size", "strides", "padding")
-             if hasattr(layer, a)]
+    names = ("filters", "units", "kernel_size", "pool_size", "strides", "padding")
+    attrs = [f"{a}={getattr(layer, a)!r}" for a in names if hasattr(layer, a)]
     act = getattr(layer, "activation", None)
     if act is not None:
         attrs.append(f"activation={act.activation_name!r}")

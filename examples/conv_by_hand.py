@@ -117,7 +117,8 @@ def main(argv=None):
     out = out2.reshape(1, oh, ow, F)
     show_nhwc("out reshaped", out, layout="(N, OH, OW, F)", names=("n", "f"))
     ref, loop_cache = conv2d_forward_naive(x, kernel, bias, (sh, sw), pads)   # npcnn/kernels/naive.py: plain loops
-    print(f"\nmax |out - loop convolution| = {np.abs(out - ref).max():.1e}   (npcnn.kernels.naive.conv2d_forward_naive)")
+    print(f"\nmax |out - loop convolution| = {np.abs(out - ref).max():.1e}   "
+          "(npcnn.kernels.naive.conv2d_forward_naive)")
 
     # ---------------------------------------------------------------- backward
     print("\n=== backward ===")

@@ -100,9 +100,9 @@ def cases(batch, rng):
         dp = rng.standard_normal((batch, ph, pw, w_shape[-1]), dtype=np.float32)
         text = f"x {x_shape} * k {w_shape}"
         out.append((f"{label} fwd", text, "conv2d_relu_maxpool_forward", lambda be, a=args: a))
-        # need_dx as in the model: the first block's input gradient is never needed
+        need = label.startswith("conv2")  # need_dx as in the model: the first block's input gradient is never needed
         out.append((f"{label} bwd", text, "conv2d_relu_maxpool_backward",
-                    lambda be, a=args, d=dp, need=label.startswith("conv2"):
+                    lambda be, a=args, d=dp, need=need:
                     (d, K.get_kernel("conv2d_relu_maxpool_forward", be)(*a)[1], need)))
 
     # Adam over every parameter of the tutorial model at once (122,570 floats): p, m, v updated in place.

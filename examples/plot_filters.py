@@ -92,7 +92,8 @@ def main(argv=None):
                    help="with --weights: the same run's weights at initialisation, for the 'before' and the "
                         "'change' panels (training here saves them as SAVE_DIR/initial_weights.npz)")
     p.add_argument("--save-dir", default=os.path.join("runs", "plot_filters"),
-                   help="when training: where the initial and the trained weights are saved (default runs/plot_filters)")
+                   help="when training: where the initial and the trained weights are saved "
+                        "(default runs/plot_filters)")
     p.add_argument("--out", default=os.path.join("runs", "first_layer_filters.png"),
                    help="the PNG (default runs/first_layer_filters.png)")
     p.add_argument("--seed", type=int, default=0)

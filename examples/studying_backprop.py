@@ -31,8 +31,12 @@ from npcnn import exercises, gradcheck
 from npcnn import kernels as K
 from npcnn.kernels.conv import conv2d_backward_numpy, conv2d_forward_numpy
 from npcnn.kernels.im2col import col2im_numpy, im2col_numpy
-from npcnn.kernels.naive import (conv2d_backward_naive, conv2d_forward_naive, maxpool2d_backward_naive,
-                                 maxpool2d_forward_naive)
+from npcnn.kernels.naive import (
+    conv2d_backward_naive,
+    conv2d_forward_naive,
+    maxpool2d_backward_naive,
+    maxpool2d_forward_naive,
+)
 from npcnn.layers import Conv2D, MaxPooling2D
 
 np.set_printoptions(precision=3, suppress=True, linewidth=120)

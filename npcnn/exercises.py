@@ -43,7 +43,6 @@ from npcnn import gradcheck
 from npcnn.kernels.conv import conv2d_forward_numpy
 from npcnn.kernels.softmax_ce import sparse_softmax_ce_numpy
 
-
 # --------------------------------------------------------------------------- the broken kernels
 
 
@@ -220,9 +219,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m npcnn.exercises",
                                 description="Swap in a broken kernel and watch the gradient check fail "
                                             "(docs/exercises.md).")
-    p.add_argument("names", nargs="*", metavar="NAME", help=f"exercises to run (default all): {', '.join(EXERCISES)}")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"exercises to run (default all): {', '.join(EXERCISES)}")
     p.add_argument("--list", action="store_true", help="list the exercises and exit")
-    p.add_argument("--backend", choices=("numpy", "numba"), default=None, help="kernel backend (default: the active one)")
+    p.add_argument("--backend", choices=("numpy", "numba"), default=None,
+                   help="kernel backend (default: the active one)")
     args = p.parse_args(argv)
     if args.list:
         for ex in EXERCISES.values():

@@ -9,8 +9,12 @@ import pytest
 
 from npcnn.kernels import conv_geometry
 from npcnn.kernels.conv import conv2d_backward_numpy, conv2d_forward_numpy
-from npcnn.kernels.naive import (conv2d_backward_naive, conv2d_forward_naive, maxpool2d_backward_naive,
-                                 maxpool2d_forward_naive)
+from npcnn.kernels.naive import (
+    conv2d_backward_naive,
+    conv2d_forward_naive,
+    maxpool2d_backward_naive,
+    maxpool2d_forward_naive,
+)
 from npcnn.kernels.pool import maxpool2d_backward_numpy, maxpool2d_forward_numpy
 
 ROOT = Path(__file__).resolve().parent.parent
