@@ -14,8 +14,11 @@ backward gives about 1e-9 to 1e-11; :data:`THRESHOLD` is 1e-6. Inputs are spread
 where it is probed.
 
 Command line: ``python -m npcnn.gradcheck`` checks the shrunk seed model (every layer, the fused softmax
-cross-entropy, the whole model); ``--layer conv2d|maxpool|dense|relu|flatten|softmax_ce|batchnorm|dropout``
-checks one layer with shape, stride and padding options (``--rate`` for dropout, whose mask is frozen);
+cross-entropy, the whole model as ``fit`` runs it, fused steps included); ``--layer NAME`` checks one layer
+(see :data:`LAYERS`: conv2d, maxpool, dense, relu, flatten, softmax_ce, batchnorm, dropout, avgpool,
+global_avgpool, global_maxpool, zeropad, elu, gelu, leaky_relu, softmax, random_flip,
+random_translation) or the fused step conv_relu_maxpool, with shape, stride and padding options
+(``--rate`` for dropout, whose mask is frozen; an option that does not apply to the layer is refused);
 ``--backend numpy|numba``. It prints one row per tensor and ``N/M checks passed``, and exits with 0
 only when every check passes. See ``--help`` and docs/studying_backprop.md.
 """
@@ -175,6 +178,43 @@ def check_layer(layer, input_shape, batch_size=2, seed=0, eps=EPS, max_checks=No
     return results
 
 
+def check_step(step, input_shape, batch_size=2, seed=0, eps=EPS, max_checks=None, threshold=THRESHOLD,
+               verbose=False):
+    """Check one step of a model's plan (e.g. the fused :class:`npcnn.plan.ConvReLUMaxPool`) like
+    :func:`check_layer`: its backward against central differences of sum(step(x) * dy), for the input
+    and every parameter of its layer. The step's layers are converted to float64 in place (pass a
+    step of a copied model: ``copy.deepcopy(model).plan.steps[i]``)."""
+    from npcnn.layers.base import Context, LayerState
+
+    rng = np.random.default_rng(seed)
+    for layer in step.layers:
+        _to_float64(layer)
+    x = spread_input((batch_size,) + tuple(input_shape), rng)
+    ctx = Context(True, seed=seed, batch_size=len(x))
+    st = LayerState()
+    y = step.forward(x, st, ctx)
+    dy = rng.standard_normal(y.shape)
+    dx = step.backward(dy, st, ctx)
+    analytic = {"input": dx}
+    analytic.update({k: g.copy() for k, g in st.grads.items()})
+
+    def f():
+        return float(np.sum(step.forward(x, LayerState(), ctx) * dy))
+
+    name = "+".join(layer.name or type(layer).__name__ for layer in step.layers)  # one word, e.g. conv2d+max_pooling2d
+    results = []
+    for tensor, a in analytic.items():
+        v = x if tensor == "input" else step.param_layer.params[tensor]
+        idx = _sample(v.size, max_checks, rng)
+        num = numerical_gradient(f, v, eps, idx)
+        if idx is not None:
+            a, num = a.reshape(-1)[idx], num.reshape(-1)[idx]
+        results.append(CheckResult(name, tensor, tuple(v.shape), relative_error(a, num), threshold))
+    if verbose:
+        print_results(results)
+    return results
+
+
 def check_model(model, x, y, eps=EPS, max_checks=30, seed=0, threshold=THRESHOLD, verbose=False):
     """Check d loss / d params for every parameter of a compiled Sequential (float64 deep copy).
 
@@ -274,7 +314,26 @@ def check_softmax_ce(batch_size=4, classes=10, seed=0, eps=EPS, threshold=THRESH
 
 # --------------------------------------------------------------------------- command line
 
-LAYERS = ("conv2d", "maxpool", "dense", "relu", "flatten", "softmax_ce", "batchnorm", "dropout")
+LAYERS = ("conv2d", "maxpool", "dense", "relu", "flatten", "softmax_ce", "batchnorm", "dropout",
+          "conv_relu_maxpool", "avgpool", "global_avgpool", "global_maxpool", "zeropad", "elu", "gelu",
+          "leaky_relu", "softmax", "random_flip", "random_translation")
+
+# Which options apply to which --layer ("model": no --layer); any other option given is refused.
+_OPTIONS = {
+    "filters": {"conv2d", "conv_relu_maxpool", "model"},
+    "kernel_size": {"conv2d", "conv_relu_maxpool"},
+    "pool_size": {"maxpool", "avgpool", "conv_relu_maxpool"},
+    "strides": {"conv2d", "maxpool", "avgpool"},
+    "padding": {"conv2d", "maxpool", "avgpool", "conv_relu_maxpool"},
+    "activation": {"conv2d", "dense"},
+    "no_bias": {"conv2d", "dense", "conv_relu_maxpool"},
+    "units": {"dense", "model"},
+    "classes": {"softmax_ce", "model"},
+    "rate": {"dropout"},
+    "no_center": {"batchnorm"},
+    "no_scale": {"batchnorm"},
+    "axis": {"softmax"},
+}
 
 # Per-layer defaults: non-square shapes that the strides do not divide, to catch index bugs.
 _DEFAULT_SHAPES = {
@@ -286,6 +345,17 @@ _DEFAULT_SHAPES = {
     "flatten": (3, 4, 2),
     "batchnorm": (4, 5, 3),
     "dropout": (4, 5, 3),
+    "conv_relu_maxpool": (9, 8, 2),
+    "avgpool": (7, 6, 2),
+    "global_avgpool": (5, 4, 3),
+    "global_maxpool": (5, 4, 3),
+    "zeropad": (4, 3, 2),
+    "elu": (4, 5, 3),
+    "gelu": (4, 5, 3),
+    "leaky_relu": (4, 5, 3),
+    "softmax": (4, 5, 3),
+    "random_flip": (5, 6, 2),
+    "random_translation": (5, 6, 2),
 }
 
 
@@ -358,7 +428,8 @@ def _build_parser():
     p.add_argument("--filters", type=_int_tuple, default=None, metavar="F",
                    help="conv2d: number of filters (default 3); model: three counts (default 4,6,5)")
     p.add_argument("--kernel-size", type=_int_tuple, default=None, metavar="KH,KW", help="conv2d (default 3,2)")
-    p.add_argument("--pool-size", type=_int_tuple, default=None, metavar="PH,PW", help="maxpool (default 2,2)")
+    p.add_argument("--pool-size", type=_int_tuple, default=None, metavar="PH,PW",
+                   help="maxpool, avgpool, conv_relu_maxpool (default 2,2)")
     p.add_argument("--strides", type=_int_tuple, default=None, metavar="SH,SW",
                    help="conv2d (default 1,1) or maxpool (default: the pool size)")
     p.add_argument("--padding", choices=("valid", "same"), default="valid", help="conv2d and maxpool")
@@ -369,6 +440,7 @@ def _build_parser():
     p.add_argument("--classes", type=int, default=10, help="softmax_ce and model: number of classes (default 10)")
     p.add_argument("--rate", type=float, default=0.5, help="dropout: the drop rate, in [0, 1) (default 0.5); "
                    "the mask is drawn once and frozen for the check")
+    p.add_argument("--axis", type=int, default=-1, help="softmax: the axis (default -1)")
     p.add_argument("--no-center", action="store_true", help="batchnorm: no beta (center=False)")
     p.add_argument("--no-scale", action="store_true", help="batchnorm: no gamma (scale=False)")
     p.add_argument("--max-checks", type=int, default=0, metavar="M",
@@ -417,7 +489,26 @@ def _make_layer(args, parser):
                                   name="batch_normalization")
     if kind == "dropout":
         return Dropout(args.rate, name="dropout")
-    return Flatten(name="flatten")
+    if kind == "flatten":
+        return Flatten(name="flatten")
+    from npcnn import layers as L
+
+    if kind == "avgpool":
+        pool = _pair(args.pool_size, "pool-size", parser) or (2, 2)
+        return L.AveragePooling2D(pool, strides=_pair(args.strides, "strides", parser), padding=args.padding,
+                                  name="average_pooling2d")
+    others = {
+        "global_avgpool": lambda: L.GlobalAveragePooling2D(name="global_average_pooling2d"),
+        "global_maxpool": lambda: L.GlobalMaxPooling2D(name="global_max_pooling2d"),
+        "zeropad": lambda: L.ZeroPadding2D(((1, 2), (0, 1)), name="zero_padding2d"),
+        "elu": lambda: L.ELU(alpha=1.0, name="elu"),
+        "gelu": lambda: L.GELU(name="gelu"),
+        "leaky_relu": lambda: L.LeakyReLU(negative_slope=0.3, name="leaky_re_lu"),
+        "softmax": lambda: L.Softmax(axis=args.axis, name="softmax"),
+        "random_flip": lambda: L.RandomFlip("horizontal_and_vertical", name="random_flip"),
+        "random_translation": lambda: L.RandomTranslation(0.3, 0.3, name="random_translation"),
+    }
+    return others[kind]()
 
 
 def _describe(layer):
@@ -442,12 +533,21 @@ def run_checks(args, parser=None):
     parser = parser or _build_parser()
     if args.batch_size <= 0:
         parser.error("--batch-size must be positive")
+    target = args.layer or "model"
+    for option, applies in _OPTIONS.items():
+        if getattr(args, option) != parser.get_default(option) and target not in applies:
+            flag = "--" + option.replace("_", "-")
+            where = "the seed model (no --layer)" if target == "model" else f"--layer {target}"
+            parser.error(f"{flag} does not apply to {where}; it applies to "
+                         + ", ".join(sorted("the seed model" if a == "model" else a for a in applies)))
     set_random_seed(args.seed)  # weight initialisation
     max_checks = args.max_checks or None
     common = dict(eps=args.eps, threshold=args.threshold, seed=args.seed)
     if args.layer == "softmax_ce":
         what = f"the fused softmax cross-entropy, logits ({args.batch_size}, {args.classes})"
         return what, check_softmax_ce(args.batch_size, args.classes, **common), []
+    if args.layer == "conv_relu_maxpool":
+        return _check_conv_relu_maxpool(args, parser, max_checks, common)
     if args.layer is not None:
         shape = args.input_shape or _DEFAULT_SHAPES[args.layer]
         try:
@@ -475,12 +575,40 @@ def run_checks(args, parser=None):
                                max_checks=max_checks, **common)
     sections.append(("loss head: fused softmax cross-entropy, d loss / d logits", len(results)))
     results += check_softmax_ce(args.batch_size, args.classes, **common)
-    sections.append(("whole model: d loss / d params through every layer", len(results)))
+    fused = [repr(s) for s in model.plan.steps if type(s).__name__ != "OpStep"]
+    sections.append(("whole model: d loss / d params, run as fit runs it (the plan's fused steps: "
+                     + ", ".join(fused) + "; check one with --layer conv_relu_maxpool)", len(results)))
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal((args.batch_size,) + tuple(shape))
     y = rng.integers(0, args.classes, size=args.batch_size)
     results += check_model(model, x, y, max_checks=max_checks, **common)
     return what, results, sections
+
+
+def _check_conv_relu_maxpool(args, parser, max_checks, common):
+    """--layer conv_relu_maxpool: the fused Conv2D + ReLU + MaxPooling2D step of a model's plan."""
+    from npcnn.layers import Conv2D, Flatten, MaxPooling2D
+    from npcnn.models import Sequential
+    from npcnn.plan import ConvReLUMaxPool
+
+    shape = args.input_shape or _DEFAULT_SHAPES["conv_relu_maxpool"]
+    filters = args.filters or (3,)
+    if len(filters) != 1:
+        parser.error("--filters takes one integer with --layer conv_relu_maxpool")
+    kernel = _pair(args.kernel_size, "kernel-size", parser) or (3, 2)
+    pool = _pair(args.pool_size, "pool-size", parser) or (2, 2)
+    try:
+        model = Sequential([Conv2D(filters[0], kernel, padding=args.padding, activation="relu",
+                                   use_bias=not args.no_bias, input_shape=tuple(shape)),
+                            MaxPooling2D(pool, padding=args.padding), Flatten()])
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+    step = copy.deepcopy(model).plan.steps[0]
+    if not isinstance(step, ConvReLUMaxPool):
+        parser.error("the conv + ReLU + max-pool fusion is switched off (NPCNN_FUSE=0)")
+    what = (f"the fused step Conv2D(filters={filters[0]}, kernel_size={kernel}, activation='relu') + "
+            f"MaxPooling2D({pool}), padding {args.padding!r}, on input {(args.batch_size,) + tuple(shape)}")
+    return what, check_step(step, shape, batch_size=args.batch_size, max_checks=max_checks, **common), []
 
 
 def main(argv=None) -> int:

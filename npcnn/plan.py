@@ -209,7 +209,7 @@ class Plan:
         self.loss = loss
         from_logits = bool(getattr(loss, "from_logits", False))
         last = steps[-1] if steps else None
-        ends_in_softmax = isinstance(last, OpStep) and isinstance(last.op, Softmax)
+        ends_in_softmax = isinstance(last, OpStep) and isinstance(last.op, Softmax) and last.op.over_last_axis()
         #: the loss applies the final softmax itself (fused softmax + cross-entropy from the logits)
         self.owns_softmax = loss is not None and ends_in_softmax and not from_logits
         #: the loss reads logits (the owned softmax's input, or the outputs with from_logits=True)

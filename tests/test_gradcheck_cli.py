@@ -137,3 +137,40 @@ def test_python_dash_m_exit_status():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-1] == "3/3 checks passed"
     assert len(rows(proc.stdout)) == 3
+
+
+@pytest.mark.parametrize("layer", ["conv_relu_maxpool", "avgpool", "global_avgpool", "global_maxpool", "zeropad",
+                                   "elu", "gelu", "leaky_relu", "softmax", "random_flip", "random_translation"])
+def test_cli_checks_the_toolbox_layers_and_the_fused_step(capsys, layer):
+    assert gradcheck.main(["--layer", layer, "--backend", "numba"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].endswith("checks passed") and "FAIL" not in out
+
+
+def test_cli_fused_step_fails_with_a_broken_kernel(capsys):
+    from npcnn import kernels as K
+
+    broken_col2im = K.get_kernel("col2im", "numba")
+    with K.override("col2im", lambda *a, **k: broken_col2im(*a, **k) * 0.5):
+        assert gradcheck.main(["--layer", "conv_relu_maxpool", "--backend", "numba"]) == 1
+    assert rows(capsys.readouterr().out) == [("conv2d+max_pooling2d", "input", "FAIL"),
+                                             ("conv2d+max_pooling2d", "kernel", "pass"),
+                                             ("conv2d+max_pooling2d", "bias", "pass")]
+
+
+@pytest.mark.parametrize("argv,flag", [(["--layer", "maxpool", "--filters", "3"], "--filters"),
+                                       (["--layer", "maxpool", "--units", "4"], "--units"),
+                                       (["--layer", "relu", "--rate", "0.2"], "--rate"),
+                                       (["--kernel-size", "3"], "--kernel-size"),
+                                       (["--layer", "dense", "--padding", "same"], "--padding")])
+def test_cli_refuses_options_that_do_not_apply(capsys, argv, flag):
+    with pytest.raises(SystemExit) as e:
+        gradcheck.main(argv)
+    assert e.value.code == 2
+    assert f"{flag} does not apply" in capsys.readouterr().err
+
+
+def test_cli_whole_model_section_names_the_fused_steps(capsys):
+    assert gradcheck.main(["--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    assert "ConvReLUMaxPool(conv2d, max_pooling2d)" in out and "--layer conv_relu_maxpool" in out
