@@ -74,6 +74,10 @@ class Softmax(_Elementwise):
                              "split; use an axis of the samples (1, 2, ... or -1)")
         self.axis = int(axis)
 
+    def get_config(self):
+        """Keras's keys: axis."""
+        return {**super().get_config(), "axis": self.axis}
+
     def _axis(self, ndim):
         """The axis as an index in [1, ndim) for inputs of ``ndim`` dimensions (batch axis included)."""
         if not -ndim < self.axis < ndim:  # -ndim would be the batch axis
@@ -158,6 +162,10 @@ class ELU(_Elementwise):
         super().__init__(name=name, input_shape=input_shape, **kwargs)
         self.alpha = _number(alpha, "alpha", "ELU")
 
+    def get_config(self):
+        """Keras's keys: alpha."""
+        return {**super().get_config(), "alpha": self.alpha}
+
     def forward_op(self, x, state, ctx):
         y, cache = K.elu_forward(x, self.alpha, ws=state.ws)
         state.cache = cache if ctx.training else None
@@ -189,6 +197,10 @@ class GELU(_Elementwise):
             raise ValueError("GELU: approximate=True (the tanh approximation) is not supported; use the exact "
                              "form, approximate=False (Keras's default)")
         self.approximate = False
+
+    def get_config(self):
+        """Keras's keys: approximate."""
+        return {**super().get_config(), "approximate": self.approximate}
 
     def forward_op(self, x, state, ctx):
         y, cache = K.gelu_forward(x, ws=state.ws)
@@ -222,6 +234,10 @@ class LeakyReLU(_Elementwise):
         self.negative_slope = _number(negative_slope, "negative_slope", "LeakyReLU")
         if self.negative_slope < 0:
             raise ValueError(f"LeakyReLU: negative_slope must be >= 0, got {negative_slope!r}")
+
+    def get_config(self):
+        """Keras 3's keys: negative_slope."""
+        return {**super().get_config(), "negative_slope": self.negative_slope}
 
     def forward_op(self, x, state, ctx):
         y, cache = K.leaky_relu_forward(x, self.negative_slope, ws=state.ws)
@@ -282,6 +298,12 @@ class Activation(Layer):
     def __init__(self, activation, name=None, input_shape=None, **kwargs):
         super().__init__(name=name, input_shape=input_shape, **kwargs)
         self.activation = get_activation_layer(activation, "Activation") or Linear()
+
+    def get_config(self):
+        """Keras's keys: activation (a name, or a layer's config when a name would lose its settings)."""
+        from npcnn.serialization import serialize_activation
+
+        return {**super().get_config(), "activation": serialize_activation(self.activation)}
 
     def __repr__(self):
         return f"Activation({self.activation.activation_name!r}, name={self.name!r})"

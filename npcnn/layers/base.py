@@ -238,6 +238,29 @@ class Layer:
 
         set_layer_weights(self, weights)
 
+    # --- configs (Keras's get_config / from_config) ---------------------------------
+    def get_config(self):
+        """The constructor arguments that rebuild this layer (without its weights), as plain values:
+        ``{'name', 'dtype'}`` and ``'input_shape'`` when one was given; subclasses add theirs, with
+        Keras's keys (e.g. Conv2D's 'filters', 'kernel_size', ...). ``type(layer).from_config(config)``
+        gives an equal layer; :func:`npcnn.layers.serialize` adds the class name."""
+        config = {"name": self.name, "dtype": self.dtype.name}
+        if self.input_shape is not None:
+            config["input_shape"] = tuple(self.input_shape)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        """A new layer from :meth:`get_config`'s dict (an activation given as ``{'class_name',
+        'config'}`` is rebuilt through :func:`npcnn.layers.deserialize`)."""
+        config = dict(config)
+        act = config.get("activation")
+        if isinstance(act, dict):
+            from npcnn.layers import deserialize
+
+            config["activation"] = deserialize(act)
+        return cls(**config)
+
     def __repr__(self):
         act = f", activation={self.activation.activation_name!r}" if self.activation is not None else ""
         return f"{type(self).__name__}(name={self.name!r}{act})"

@@ -55,6 +55,18 @@ class Dense(Layer):
                                                ("bias", self.bias_regularizer if self.use_bias else None))
                              if r is not None}
 
+    def get_config(self):
+        """Keras's keys: name, dtype, units, activation, use_bias, the initializers and regularizers."""
+        from npcnn.serialization import serialize_activation, serialize_initializer, serialize_regularizer
+
+        own = self._label()
+        return {**super().get_config(), "units": self.units,
+                "activation": serialize_activation(self.activation), "use_bias": self.use_bias,
+                "kernel_initializer": serialize_initializer(self.kernel_initializer, own, "kernel_initializer"),
+                "bias_initializer": serialize_initializer(self.bias_initializer, own, "bias_initializer"),
+                "kernel_regularizer": serialize_regularizer(self.kernel_regularizer, own, "kernel_regularizer"),
+                "bias_regularizer": serialize_regularizer(self.bias_regularizer, own, "bias_regularizer")}
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 

@@ -81,6 +81,17 @@ class BatchNormalization(Layer):
         self.moving_variance_initializer = initializers.get(moving_variance_initializer, own,
                                                             "moving_variance_initializer")
 
+    def get_config(self):
+        """Keras's keys: axis, momentum, epsilon, center, scale and the four initializers (by name)."""
+        from npcnn.serialization import serialize_initializer
+
+        own = self._label()
+        return {**super().get_config(), "axis": self.axis, "momentum": self.momentum, "epsilon": self.epsilon,
+                "center": self.center, "scale": self.scale,
+                **{k: serialize_initializer(getattr(self, k), own, k)
+                   for k in ("beta_initializer", "gamma_initializer", "moving_mean_initializer",
+                             "moving_variance_initializer")}}
+
     # --- shapes and weights ---------------------------------------------------------
     def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)

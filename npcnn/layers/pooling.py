@@ -23,6 +23,11 @@ class MaxPooling2D(Layer):
         self.strides = self.pool_size if strides is None else int_pair(strides, "strides", "MaxPooling2D")
         self.padding = K.normalize_padding(padding)
 
+    def get_config(self):
+        """Keras's keys: pool_size, strides, padding."""
+        return {**super().get_config(), "pool_size": tuple(self.pool_size), "strides": tuple(self.strides),
+                "padding": self.padding}
+
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
             raise ValueError(
@@ -77,6 +82,11 @@ class AveragePooling2D(Layer):
         self.strides = self.pool_size if strides is None else int_pair(strides, "strides", "AveragePooling2D")
         self.padding = K.normalize_padding(padding)
 
+    def get_config(self):
+        """Keras's keys: pool_size, strides, padding."""
+        return {**super().get_config(), "pool_size": tuple(self.pool_size), "strides": tuple(self.strides),
+                "padding": self.padding}
+
     def compute_output_shape(self, input_shape):
         _check_hwc(self, input_shape)
         oh, ow, _ = K.conv_geometry((None,) + tuple(input_shape), self.pool_size, self.strides, self.padding)
@@ -120,6 +130,10 @@ class _GlobalPooling2D(Layer):
         if not isinstance(keepdims, (bool, np.bool_)):
             raise TypeError(f"{type(self).__name__}: keepdims must be True or False, got {keepdims!r}")
         self.keepdims = bool(keepdims)
+
+    def get_config(self):
+        """Keras's keys: keepdims."""
+        return {**super().get_config(), "keepdims": self.keepdims}
 
     def compute_output_shape(self, input_shape):
         _check_hwc(self, input_shape)

@@ -34,6 +34,10 @@ class _RandomImageLayer(Layer):
             raise TypeError(f"{type(self).__name__}: seed must be an int or None, got {seed!r}")
         self.seed = None if seed is None else int(seed)
 
+    def get_config(self):
+        """Keras's keys: seed (subclasses add theirs)."""
+        return {**super().get_config(), "seed": self.seed}
+
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
             raise ValueError(f"{type(self).__name__} {self.name or ''}: expects images of shape (H, W, C) per "
@@ -106,6 +110,10 @@ class RandomFlip(_RandomImageLayer):
             raise ValueError(f"RandomFlip: mode must be one of {self.MODES}, got {mode!r}")
         self.mode = mode
 
+    def get_config(self):
+        """Keras's keys: mode, seed."""
+        return {**super().get_config(), "mode": self.mode}
+
     def flips(self, ctx, n):
         """(horizontal (n,) bool, vertical (n,) bool): which of samples ctx.sample_offset ... flip."""
         u = self.draws(ctx, n)
@@ -167,6 +175,14 @@ class RandomTranslation(_RandomImageLayer):
         if isinstance(fill_value, (bool, np.bool_)) or not isinstance(fill_value, numbers.Real):
             raise ValueError(f"RandomTranslation: fill_value must be a number, got {fill_value!r}")
         self.fill_mode, self.interpolation, self.fill_value = fill_mode, interpolation, float(fill_value)
+
+    def get_config(self):
+        """Keras's keys: height_factor, width_factor, fill_mode, interpolation, seed, fill_value."""
+        from npcnn.serialization import plain
+
+        return {**super().get_config(), "height_factor": plain(self.height_factor),
+                "width_factor": plain(self.width_factor), "fill_mode": self.fill_mode,
+                "interpolation": self.interpolation, "fill_value": self.fill_value}
 
     def shifts(self, ctx, n, height, width):
         """(dh (n,), dw (n,)) float64: the shifts, in cells, of samples ctx.sample_offset ... + n - 1."""

@@ -61,6 +61,10 @@ class Dropout(Layer):
             raise TypeError(f"Dropout: seed must be an int or None, got {seed!r}")
         self.seed = None if seed is None else int(seed)
 
+    def get_config(self):
+        """Keras's keys: rate, noise_shape, seed."""
+        return {**super().get_config(), "rate": self.rate, "noise_shape": self.noise_shape, "seed": self.seed}
+
     def compute_output_shape(self, input_shape):
         self._sample_noise_shape(input_shape)
         return tuple(input_shape)

@@ -34,6 +34,10 @@ class ZeroPadding2D(Layer):
         super().__init__(name=name, input_shape=input_shape, **kwargs)
         self.padding = _normalize_padding(padding)
 
+    def get_config(self):
+        """Keras's keys: padding, as ((top, bottom), (left, right))."""
+        return {**super().get_config(), "padding": self.padding}
+
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
             raise ValueError(f"ZeroPadding2D {self.name or ''}: expects inputs of shape (H, W, C) per sample, "
