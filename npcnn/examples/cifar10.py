@@ -280,13 +280,13 @@ def _epochs_done(progress):
     """Epochs safely finished: the checkpoint's own count when there is one (the interrupt may have come
     between its rename and anything after it), else the epochs counted in this process."""
     ckpt = progress["checkpoint"]
-    if ckpt is not None and ckpt.saved_epoch is not None:
+    if ckpt is not None and os.path.isfile(ckpt.path):  # this run's (an --overwrite removed the old one)
         from npcnn.checkpoint import load_checkpoint
 
         try:
             return load_checkpoint(ckpt.path).epoch
         except (OSError, ValueError):
-            return ckpt.saved_epoch
+            pass
     return progress["epochs_done"]
 
 
