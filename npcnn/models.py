@@ -264,8 +264,39 @@ class Sequential:
 
     def load_weights(self, filepath):
         """Read weights written by :meth:`save_weights`, checked whole before any is changed
-        (see :func:`npcnn.saving.load_weights`)."""
+        (see :func:`npcnn.saving.load_weights`); a ``.h5`` file (``x.weights.h5``) is read as Keras 3's
+        ``save_weights`` writes it, for a model with the same layers
+        (:func:`npcnn.saving.load_keras_weights`; needs h5py: ``pip install -e ".[keras]"``)."""
+        if os.fspath(filepath).lower().endswith((".h5", ".hdf5")):
+            saving.load_keras_weights(self, filepath)
+            return
         saving.load_weights(self, filepath)
+
+    # ------------------------------------------------------------------ configs and model files
+    def get_config(self):
+        """{'name', 'layers': [{'class_name', 'config'}, ...], 'build_input_shape'} (Keras's keys):
+        the architecture without weights; :func:`model_from_json` of :meth:`to_json` rebuilds it."""
+        from npcnn.layers import serialize
+
+        shape = None if self.input_shape is None else (None,) + tuple(self.input_shape)
+        return {"name": self.name, "layers": [serialize(layer) for layer in self.layers],
+                "build_input_shape": shape}
+
+    def to_json(self, **kwargs):
+        """The architecture as a JSON string ``{'class_name': 'Sequential', 'config': get_config()}``
+        (``kwargs`` go to ``json.dumps``, e.g. ``indent=2``)."""
+        import json
+
+        from npcnn import __version__
+
+        return json.dumps({"class_name": "Sequential", "config": self.get_config(), "npcnn_version": __version__},
+                          **kwargs)
+
+    def save(self, filepath, include_optimizer=True):
+        """Architecture, weights and (when compiled) the compile settings and the optimizer's state in
+        one ``.npz`` file written atomically, never pickled (e.g. ``model.save("model.npcnn")``);
+        :func:`load_model` reads it back. See :func:`npcnn.saving.save_model` and docs/saving.md."""
+        return saving.save_model(self, filepath, include_optimizer=include_optimizer)
 
     # ------------------------------------------------------------------ summary
     def summary(self, print_fn=None, batch_size=32):
@@ -813,4 +844,83 @@ def _bytes(n):
         n /= 1024
 
 
-__all__ = ["Sequential", "cifar10_cnn"]
+def model_from_json(json_string):
+    """A new (uncompiled) :class:`Sequential` from :meth:`Sequential.to_json`'s string; built when the
+    saved model was, with freshly initialised weights.
+
+    Raises:
+        ValueError: not JSON, not a Sequential's config, an unknown layer class or a layer config the
+            layer refuses (named).
+    """
+    import json
+
+    try:
+        data = json.loads(json_string)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model_from_json: not a model's JSON ({e})") from None
+    return _model_from_dict(data, "model_from_json")
+
+
+def _model_from_dict(data, where):
+    from npcnn.layers import deserialize
+
+    if not isinstance(data, dict) or data.get("class_name") != "Sequential" or not isinstance(data.get("config"), dict):
+        raise ValueError(f"{where}: expected {{'class_name': 'Sequential', 'config': {{...}}}}, got "
+                         f"{str(data)[:200]}")
+    config = data["config"]
+    layers = config.get("layers")
+    if not isinstance(layers, list):
+        raise ValueError(f"{where}: the model's config has no 'layers' list")
+    name = config.get("name") or "sequential"
+    model = Sequential(name=str(name))
+    for i, layer_config in enumerate(layers):
+        try:
+            model.add(deserialize(layer_config))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: layer {i}: {e}") from None
+    shape = config.get("build_input_shape")
+    if shape is not None and not model.built:
+        model.build(tuple(shape))
+    counts = {}  # so that a layer added later gets a fresh default name, as in the saved model
+    for layer in model.layers:
+        m = re.fullmatch(r"(.+?)(?:_(\d+))?", layer.name)
+        base, n = m.group(1), int(m.group(2) or 0)
+        counts[base] = max(counts.get(base, 0), n + 1)
+    model._name_counts = counts
+    return model
+
+
+def load_model(filepath, compile=True):
+    """The model saved by :meth:`Sequential.save`: architecture, weights and, when it was compiled and
+    ``compile``, compiled again with the saved optimizer (its state restored when saved), loss and
+    metrics. Never unpickles; the file is checked whole first.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an npcnn model file (a weights file, a checkpoint, a Keras file, ...), or its
+            parts do not fit together (every mismatch listed).
+    """
+    from npcnn import serialization
+
+    filepath = os.fspath(filepath)
+    where = f"load_model({filepath!r})"
+    meta, weights, opt_state = saving.read_model_file(filepath, "load_model")
+    model = _model_from_dict(meta["model"], where)
+    if not model.built:
+        raise ValueError(f"{where}: the saved architecture has no input shape; cannot place its weights")
+    saving.assign_weight_dict(model, weights, where)
+    settings = meta.get("compile")
+    if compile and settings:
+        optimizer = serialization.deserialize_object(settings.get("optimizer"), ["npcnn.optimizers"], "optimizer",
+                                                     where)
+        loss = serialization.deserialize_object(settings.get("loss"), ["npcnn.losses"], "loss", where)
+        model.compile(optimizer=optimizer, loss=loss, metrics=list(settings.get("metrics") or []))
+        if opt_state:
+            try:
+                model.optimizer.set_state(model.params, opt_state)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{where}: the saved optimizer state does not fit: {e}") from None
+    return model
+
+
+__all__ = ["Sequential", "cifar10_cnn", "model_from_json", "load_model"]

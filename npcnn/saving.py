@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import zipfile
 from zlib import error as zlib_error
 
@@ -402,7 +403,275 @@ def load_history(path):
     return data
 
 
+
+# ------------------------------------------------------------------------------ model files (.npcnn)
+MODEL_FORMAT = "npcnn-model"
+MODEL_VERSION = 1
+MODEL_FILE = "an npcnn model file (written by model.save)"
+MODEL_MEMBER = "npcnn_model"  # the JSON string member; the others are weights/... and optimizer/...
+
+
+def save_model(model, filepath, include_optimizer=True):
+    """Write ``model`` to one ``.npz`` file (any suffix, e.g. ``model.npcnn``), atomically, no pickle.
+
+    Members: ``npcnn_model``, a JSON string ``{'format': 'npcnn-model', 'version': 1, 'model': {...},
+    'weight_names': [...], 'compile': {...} or None, 'optimizer_state': bool}`` (the architecture as
+    ``model.to_json()`` gives it; the compile settings as ``{'optimizer': {'class_name', 'config'},
+    'loss': {...}, 'metrics': [...]}``); ``weights/<layer>/<key>`` for every weight (params and
+    buffers); with ``include_optimizer`` and a compiled model, ``optimizer/iterations`` and
+    ``optimizer/slot{i}_{name}`` (the optimizer's state, as in checkpoints).
+
+    Raises:
+        NotBuiltError: the model is not built.
+        ValueError: a suffix of Keras's own formats (.keras, .h5), or a layer whose config cannot be
+            saved (a custom initializer or regularizer).
+    """
+    from npcnn import serialization
+
+    model._require_built("save")
+    filepath = os.fspath(filepath)
+    if filepath.endswith((".keras", ".h5", ".hdf5")):
+        raise ValueError(f"save: {filepath!r}: npcnn writes its own model format (an .npz archive), not Keras's "
+                         ".keras/.h5; use a name such as 'model.npcnn' or 'model.npz'")
+    entries = weight_entries(model)
+    arrays = {f"weights/{name}": a for name, a, _ in entries}
+    compile_config = None
+    if getattr(model, "compiled", False):
+        compile_config = {
+            "optimizer": serialization.serialize_object(model.optimizer, "optimizer"),
+            "loss": serialization.serialize_object(model.loss, "loss"),
+            "metrics": [m if isinstance(m, str) else getattr(m, "name", type(m).__name__) for m in model.metrics],
+        }
+        if include_optimizer:
+            for key, arr in model.optimizer.get_state(model.params).items():
+                arrays[f"optimizer/{key}"] = arr
+    meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "model": json.loads(model.to_json()),
+            "weight_names": [name for name, _, _ in entries], "compile": compile_config,
+            "optimizer_state": bool(compile_config is not None and include_optimizer)}
+    arrays[MODEL_MEMBER] = np.array(json.dumps(meta))
+    return write_npz(filepath, arrays)
+
+
+def read_model_file(filepath, where="load_model"):
+    """(meta, weights {"<layer>/<key>": array}, optimizer state {key: array}) of a file written by
+    :func:`save_model`, checked: read with :func:`read_npz` (no pickle), a JSON ``npcnn_model`` member
+    of the right format and version, only ``weights/...`` and ``optimizer/...`` members besides, the
+    weights named by ``weight_names``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not such a file (an npcnn weights file, a checkpoint, a Keras file, anything else):
+            the message names the file and says what it seems to be.
+    """
+    filepath = os.fspath(filepath)
+
+    def refuse(reason):
+        return ValueError(f"{where}: {filepath!r} is not {MODEL_FILE}: {reason}")
+
+    if filepath.endswith((".keras", ".h5", ".hdf5")):
+        raise refuse("a Keras file; npcnn reads Keras's weights with model.load_weights('x.weights.h5') "
+                     "into a model built with the same layers")
+    arrays = read_npz(filepath, where, MODEL_FILE)
+    raw = arrays.pop(MODEL_MEMBER, None)
+    if raw is None:
+        if "meta" in arrays:
+            raise refuse("it is a training checkpoint; use npcnn.checkpoint.restore_checkpoint")
+        raise refuse("it has no 'npcnn_model' member (a weights file written by save_weights? build the model "
+                     "and call load_weights)")
+    try:
+        meta = json.loads(str(raw)) if raw.dtype.kind == "U" and raw.ndim == 0 else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise refuse("its 'npcnn_model' member is not the JSON of an npcnn model")
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= MODEL_VERSION:
+        raise refuse(f"format version {version!r}; this npcnn reads versions 1..{MODEL_VERSION}")
+    problems = []
+    if not isinstance(meta.get("model"), dict):
+        problems.append("no 'model' architecture")
+    names = meta.get("weight_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        problems.append("no 'weight_names' list")
+        names = []
+    if meta.get("compile") is not None and not isinstance(meta.get("compile"), dict):
+        problems.append("'compile' is neither null nor an object")
+    weights, opt = {}, {}
+    for key, a in arrays.items():
+        if key.startswith("weights/"):
+            weights[key[len("weights/"):]] = a
+        elif key.startswith("optimizer/"):
+            opt[key[len("optimizer/"):]] = a
+        else:
+            problems.append(f"unexpected member {key!r}")
+    missing = [n for n in names if n not in weights]
+    extra = [n for n in weights if n not in names]
+    if missing:
+        problems.append(f"the weights {missing} are listed but missing")
+    if extra:
+        problems.append(f"the weights {extra} are not listed in weight_names")
+    if meta.get("optimizer_state") and "iterations" not in opt:
+        problems.append("it says it holds the optimizer's state, but 'optimizer/iterations' is missing")
+    if problems:
+        raise refuse("; ".join(problems))
+    return meta, weights, opt
+
+
+# ---------------------------------------------------------------------------- Keras 3 .weights.h5
+KERAS_INSTALL = 'pip install -e ".[keras]"'
+
+
+def _h5py(where):
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError(f"{where}: reading Keras's .weights.h5 files needs h5py, an optional extra: "
+                          f"{KERAS_INSTALL} (or pip install h5py)") from None
+    return h5py
+
+
+def read_keras_weights(filepath, where="load_weights"):
+    """{Keras layer name: [arrays, in Keras's variable order]} of a ``.weights.h5`` written by Keras 3's
+    ``save_weights`` (groups ``layers/<name>/vars/<index>``); layers without weights are left out.
+
+    Raises:
+        ImportError: h5py is missing (the message names ``pip install -e ".[keras]"``).
+        FileNotFoundError: no such file.
+        ValueError: not an HDF5 file, or not Keras 3's layout (e.g. Keras 2's legacy .h5).
+    """
+    h5py = _h5py(where)
+    filepath = os.fspath(filepath)
+    if not os.path.exists(filepath):
+        raise FileNotFoundError(f"{where}: no such file: {filepath!r}")
+
+    def refuse(reason):
+        return ValueError(f"{where}: {filepath!r} is not a Keras 3 weights file (.weights.h5 written by "
+                          f"save_weights): {reason}")
+
+    try:
+        f = h5py.File(filepath, "r")
+    except OSError as e:
+        raise refuse(f"not an HDF5 file ({e})") from None
+    with f:
+        if "layers" not in f or not isinstance(f["layers"], h5py.Group):
+            if "layer_names" in f.attrs:
+                raise refuse("it is a Keras 2 (legacy) HDF5 weights file; save the weights with Keras 3's "
+                             "model.save_weights('x.weights.h5')")
+            raise refuse("it has no 'layers' group")
+        out = {}
+        problems = []
+        for name, group in f["layers"].items():
+            if not isinstance(group, h5py.Group):
+                problems.append(f"layers/{name} is not a group")
+                continue
+            if "layers" in group and len(group["layers"]):
+                problems.append(f"layers/{name} holds nested layers, which npcnn does not map")
+            vars_ = group.get("vars")
+            if vars_ is None or len(vars_) == 0:
+                continue
+            keys = sorted(vars_.keys(), key=lambda k: int(k) if k.isdigit() else -1)
+            if keys != [str(i) for i in range(len(keys))]:
+                problems.append(f"layers/{name}/vars holds {keys}, not 0..{len(keys) - 1}")
+                continue
+            out[name] = [np.array(vars_[k]) for k in keys]
+        if problems:
+            raise refuse("; ".join(problems))
+    return out
+
+
+def _keras_kind(name):
+    """(kind, index) of a Keras default layer name: 'conv2d' -> ('conv2d', 0), 'conv2d_3' -> ('conv2d', 3)."""
+    m = re.fullmatch(r"(.+?)(?:_(\d+))?", name)
+    return m.group(1), int(m.group(2) or 0)
+
+
+def _class_kind(layer):
+    """Keras's default name for the layer's class ('Conv2D' -> 'conv2d', 'BatchNormalization' ->
+    'batch_normalization'), as Keras and :class:`npcnn.models.Sequential` name layers."""
+    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", type(layer).__name__)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
+
+
+def match_keras_layers(model, keras_names):
+    """[(Keras layer name or None, npcnn layer)] for every npcnn layer with weights, and the Keras
+    names left over.
+
+    The file does not record Keras's layer order (HDF5 lists the groups by name), so the pairing is:
+    by name when the Keras names are exactly npcnn's; otherwise by position within each kind of layer,
+    Keras's default names giving the order ('conv2d', 'conv2d_1', ... or 'conv2d_3', 'conv2d_4', ...
+    in a session that built other models first): the i-th Conv2D of the npcnn model takes the i-th
+    conv2d of the file.
+    """
+    layers = [layer for layer in model.layers if layer_weight_entries(layer)]
+    names = set(keras_names)
+    if names == {layer.name for layer in layers}:
+        return [(layer.name, layer) for layer in layers], []
+    by_kind = {}
+    for name in keras_names:
+        kind, index = _keras_kind(name)
+        by_kind.setdefault(kind, []).append((index, name))
+    queues = {kind: [n for _, n in sorted(v)] for kind, v in by_kind.items()}
+    pairs = []
+    for layer in layers:
+        queue = queues.get(_class_kind(layer), [])
+        pairs.append((queue.pop(0) if queue else None, layer))
+    left = [n for q in queues.values() for n in q]
+    return pairs, left
+
+
+def load_keras_weights(model, filepath):
+    """Copy the weights of a Keras 3 ``.weights.h5`` into ``model`` (built with the same layers), all
+    or nothing; returns [(Keras layer name, npcnn layer name)] as paired.
+
+    Keras's variable order is npcnn's (Conv2D kernel (KH, KW, C, F) then bias; Dense kernel (D, U)
+    then bias; BatchNormalization gamma, beta, moving_mean, moving_variance), so each Keras layer's
+    ``vars/0, 1, ...`` go to the npcnn layer's weights in order; the layers are paired by
+    :func:`match_keras_layers`.
+
+    Raises:
+        ImportError: h5py is missing (``pip install -e ".[keras]"``).
+        ValueError: every mismatch in one message (an npcnn layer with no Keras layer, a Keras layer with
+            no npcnn layer, a wrong number of variables, a wrong shape, NaN/Inf); nothing is changed.
+    """
+    model._require_built("load_weights")
+    filepath = os.fspath(filepath)
+    where = f"load_weights({filepath!r})"
+    stored = read_keras_weights(filepath, "load_weights")
+    pairs, left = match_keras_layers(model, sorted(stored))
+    problems, assign = [], []
+    for kname, layer in pairs:
+        entries = layer_weight_entries(layer)
+        label = f"npcnn layer {layer.name!r} ({type(layer).__name__}: {', '.join(k for k, _, _ in entries)})"
+        if kname is None:
+            problems.append(f"{label} has no Keras layer in the file")
+            continue
+        arrays = stored[kname]
+        head = f"Keras layer {kname!r} -> {label}"
+        if len(arrays) != len(entries):
+            problems.append(f"{head}: the file has {len(arrays)} variables {[a.shape for a in arrays]}, npcnn "
+                            f"expects {len(entries)} {[a.shape for _, a, _ in entries]}")
+            continue
+        for i, ((key, target, _), a) in enumerate(zip(entries, arrays)):
+            if a.shape != target.shape:
+                problems.append(f"{head}: vars/{i} has shape {a.shape}, npcnn's {key} is {target.shape}")
+            elif a.dtype.kind not in NUMERIC_KINDS:
+                problems.append(f"{head}: vars/{i} holds {a.dtype}, not numbers")
+            else:
+                why = value_problem(a, target.dtype)
+                if why:
+                    problems.append(f"{head}: vars/{i} ({key}) {why}")
+                else:
+                    assign.append((target, a))
+    problems += [f"Keras layer {n!r} ({len(stored[n])} variables {[a.shape for a in stored[n]]}) has no npcnn "
+                 "layer of its kind left in the model" for n in left]
+    if problems:
+        raise ValueError(f"{where}: the Keras weights do not match the model:\n  " + "\n  ".join(problems))
+    for target, a in assign:
+        target[...] = a
+    return [(kname, layer.name) for kname, layer in pairs]
+
 __all__ = ["weight_entries", "layer_weight_entries", "check_weight_list", "value_problem", "weight_dict_problems",
            "get_weights", "set_weights", "get_layer_weights", "set_layer_weights", "assign_weight_dict",
            "save_weights", "load_weights", "read_npz", "write_npz", "save_history",
-           "load_history", "WEIGHTS_FILE"]
+           "load_history", "WEIGHTS_FILE", "save_model", "read_model_file", "read_keras_weights",
+           "match_keras_layers", "load_keras_weights", "MODEL_FILE"]
