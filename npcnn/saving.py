@@ -531,8 +531,11 @@ def _h5py(where):
 
 
 def read_keras_weights(filepath, where="load_weights"):
-    """{Keras layer name: [arrays, in Keras's variable order]} of a ``.weights.h5`` written by Keras 3's
-    ``save_weights`` (groups ``layers/<name>/vars/<index>``); layers without weights are left out.
+    """{group: (Keras layer name, [arrays in Keras's variable order])} of a ``.weights.h5`` written by
+    Keras 3's ``save_weights``: groups ``layers/<group>/vars/<index>``, where ``<group>`` is the snake
+    case of the layer's class numbered within the model (``conv2d``, ``conv2d_1``, ...: Keras's own
+    address of the layer, whatever its name), and the ``vars`` group's attribute ``name`` holds the
+    layer's name. Layers without weights are left out.
 
     Raises:
         ImportError: h5py is missing (the message names ``pip install -e ".[keras]"``).
@@ -573,14 +576,16 @@ def read_keras_weights(filepath, where="load_weights"):
             if keys != [str(i) for i in range(len(keys))]:
                 problems.append(f"layers/{name}/vars holds {keys}, not 0..{len(keys) - 1}")
                 continue
-            out[name] = [np.array(vars_[k]) for k in keys]
+            label = vars_.attrs.get("name", name)
+            label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+            out[name] = (label, [np.array(vars_[k]) for k in keys])
         if problems:
             raise refuse("; ".join(problems))
     return out
 
 
 def _keras_kind(name):
-    """(kind, index) of a Keras default layer name: 'conv2d' -> ('conv2d', 0), 'conv2d_3' -> ('conv2d', 3)."""
+    """(kind, position) of a Keras 3 group name: 'conv2d' -> ('conv2d', 0), 'conv2d_3' -> ('conv2d', 3)."""
     m = re.fullmatch(r"(.+?)(?:_(\d+))?", name)
     return m.group(1), int(m.group(2) or 0)
 
@@ -592,22 +597,17 @@ def _class_kind(layer):
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
 
 
-def match_keras_layers(model, keras_names):
-    """[(Keras layer name or None, npcnn layer)] for every npcnn layer with weights, and the Keras
-    names left over.
+def match_keras_layers(model, keras_groups):
+    """[(Keras group or None, npcnn layer)] for every npcnn layer with weights, and the groups left over.
 
-    The file does not record Keras's layer order (HDF5 lists the groups by name), so the pairing is:
-    by name when the Keras names are exactly npcnn's; otherwise by position within each kind of layer,
-    Keras's default names giving the order ('conv2d', 'conv2d_1', ... or 'conv2d_3', 'conv2d_4', ...
-    in a session that built other models first): the i-th Conv2D of the npcnn model takes the i-th
-    conv2d of the file.
+    Keras 3 addresses a layer of a Sequential model by its class and its position among the layers of
+    that class (``layers/conv2d``, ``layers/conv2d_1``, ... whatever the layers' names), and so does
+    this pairing, as Keras's own ``load_weights`` does: the i-th Conv2D of the npcnn model takes group
+    ``conv2d`` (i = 0) or ``conv2d_<i>``. npcnn's layer names play no part.
     """
     layers = [layer for layer in model.layers if layer_weight_entries(layer)]
-    names = set(keras_names)
-    if names == {layer.name for layer in layers}:
-        return [(layer.name, layer) for layer in layers], []
     by_kind = {}
-    for name in keras_names:
+    for name in keras_groups:
         kind, index = _keras_kind(name)
         by_kind.setdefault(kind, []).append((index, name))
     queues = {kind: [n for _, n in sorted(v)] for kind, v in by_kind.items()}
@@ -621,12 +621,12 @@ def match_keras_layers(model, keras_names):
 
 def load_keras_weights(model, filepath):
     """Copy the weights of a Keras 3 ``.weights.h5`` into ``model`` (built with the same layers), all
-    or nothing; returns [(Keras layer name, npcnn layer name)] as paired.
+    or nothing; returns [(Keras group, npcnn layer name)] as paired.
 
     Keras's variable order is npcnn's (Conv2D kernel (KH, KW, C, F) then bias; Dense kernel (D, U)
     then bias; BatchNormalization gamma, beta, moving_mean, moving_variance), so each Keras layer's
     ``vars/0, 1, ...`` go to the npcnn layer's weights in order; the layers are paired by
-    :func:`match_keras_layers`.
+    :func:`match_keras_layers` (Keras's rule: class, then position among the layers of that class).
 
     Raises:
         ImportError: h5py is missing (``pip install -e ".[keras]"``).
@@ -645,8 +645,8 @@ def load_keras_weights(model, filepath):
         if kname is None:
             problems.append(f"{label} has no Keras layer in the file")
             continue
-        arrays = stored[kname]
-        head = f"Keras layer {kname!r} -> {label}"
+        kept_name, arrays = stored[kname]
+        head = f"Keras layer {kept_name!r} (layers/{kname}) -> {label}"
         if len(arrays) != len(entries):
             problems.append(f"{head}: the file has {len(arrays)} variables {[a.shape for a in arrays]}, npcnn "
                             f"expects {len(entries)} {[a.shape for _, a, _ in entries]}")
@@ -662,8 +662,8 @@ def load_keras_weights(model, filepath):
                     problems.append(f"{head}: vars/{i} ({key}) {why}")
                 else:
                     assign.append((target, a))
-    problems += [f"Keras layer {n!r} ({len(stored[n])} variables {[a.shape for a in stored[n]]}) has no npcnn "
-                 "layer of its kind left in the model" for n in left]
+    problems += [f"Keras layer {stored[n][0]!r} (layers/{n}, {len(stored[n][1])} variables "
+                 f"{[a.shape for a in stored[n][1]]}) has no npcnn layer of its kind left in the model" for n in left]
     if problems:
         raise ValueError(f"{where}: the Keras weights do not match the model:\n  " + "\n  ".join(problems))
     for target, a in assign:
