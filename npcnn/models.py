@@ -19,6 +19,7 @@ import numpy as np
 from npcnn import callbacks as cbks
 from npcnn import kernels as K
 from npcnn import losses as losses_mod
+from npcnn import metrics as metrics_mod
 from npcnn import optimizers as optimizers_mod
 from npcnn import parallel, saving
 from npcnn import plan as plan_mod
@@ -28,13 +29,12 @@ from npcnn.utils import (
     NotBuiltError,
     NotCompiledError,
     check_verbose,
-    did_you_mean,
     get_rng,
     positive_int,
 )
 
 _NUMERIC_KINDS = "biuf"
-_METRICS = ("accuracy", "acc", "sparse_categorical_accuracy")  # all the same for sparse labels
+_METRICS = metrics_mod.NAMES  # the metric names compile accepts (npcnn.metrics)
 _MODELS = weakref.WeakSet()  # every model, so a forked child gets fresh locks
 
 
@@ -88,6 +88,7 @@ class Sequential:
         self.optimizer = None
         self.loss = None
         self.metrics = []
+        self._metric_objects = []  # npcnn.metrics.Metric per entry of metrics (compile)
         self.compiled = False
         self.stop_training = False
         self.history = None
@@ -339,7 +340,10 @@ class Sequential:
 
     # ------------------------------------------------------------------ compile
     def compile(self, optimizer="rmsprop", loss=None, metrics=None):
-        """Choose the optimizer ('adam', 'sgd' or an instance), the loss and the metrics (['accuracy']).
+        """Choose the optimizer ('sgd', 'rmsprop' (Keras's default), 'adam', 'adamw' or an instance), the
+        loss ('sparse_categorical_crossentropy', 'categorical_crossentropy' or an instance) and the
+        metrics (names such as 'accuracy' or 'sparse_top_k_categorical_accuracy', or
+        :mod:`npcnn.metrics` objects), reported under their names.
 
         Raises:
             ValueError: an unknown or unimplemented name (the closest valid one is suggested),
@@ -354,17 +358,16 @@ class Sequential:
             metrics = []
         if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)):
             raise TypeError(f"compile: metrics must be a list such as ['accuracy'], got {metrics!r}")
-        for m in metrics:
-            if not isinstance(m, str):
-                raise TypeError(f"compile: metrics must be names such as 'accuracy', got {m!r} ({type(m).__name__})")
-            if m not in _METRICS:
-                raise ValueError(f"compile: unknown metric {m!r}" + did_you_mean(m, _METRICS))
-        if len(set(metrics)) != len(metrics):
-            raise ValueError(f"compile: metrics {list(metrics)!r} name a metric twice")
+        label_kind = getattr(loss, "label_kind", "sparse")
+        metric_objects = [metrics_mod.get(m, label_kind, "compile") for m in metrics]
+        names = [m.name for m in metric_objects]
+        if len(set(names)) != len(names) or "loss" in names:
+            raise ValueError(f"compile: metrics {names!r} name a metric twice (or use the name 'loss')")
         if self.output_shape is not None:
             self._check_output_for_loss("compile", loss)
         self.optimizer, self.loss = optimizer, loss
-        self.metrics = list(metrics)  # reported under the names given, as Keras does
+        self.metrics = list(metrics)  # as given; reported under their names, as Keras does
+        self._metric_objects = metric_objects
         self.compiled = True
 
     # ------------------------------------------------------------------ passes
@@ -470,7 +473,7 @@ class Sequential:
         for layer, new in updates:
             for k, v in new.items():
                 layer.buffers[k][...] = v
-        return loss, _correct(out, labels)
+        return loss, self._hits(out, labels)
 
     def trace(self, x, y=None):
         """Per-layer activations and gradients for one batch (see :func:`npcnn.introspect.trace`)."""
@@ -489,8 +492,8 @@ class Sequential:
         self._require_compiled("train_on_batch")
         x, y = self._check_xy(x, y, "train_on_batch")
         with self._training("train_on_batch"):
-            loss, correct = self._train_step(self._batch(x, np.arange(len(x))), y, "train_on_batch")
-        return self._result(loss, correct / len(x))
+            loss, hits = self._train_step(self._batch(x, np.arange(len(x))), y, "train_on_batch")
+        return self._result(loss, [h / len(x) for h in hits])
 
     def test_on_batch(self, x, y):
         """[loss, metrics...] on one batch, no update."""
@@ -581,18 +584,19 @@ class Sequential:
         for epoch in range(initial_epoch, epochs):
             cb.on_epoch_begin(epoch)
             order = get_rng().permutation(n) if shuffle else np.arange(n)
-            seen = loss_sum = correct_sum = 0.0
+            seen = loss_sum = 0.0
+            hit_sums = [0.0] * len(self._metric_objects)
             logs = {}
             for step in range(steps):
                 idx = order[step * batch_size:(step + 1) * batch_size]
                 if shuffle:
                     idx = np.sort(idx)  # same batch content; sorted reads are faster
                 cb.on_train_batch_begin(step)
-                loss, correct = self._train_step(self._batch(x, idx), y[idx], "fit", epoch, step)
+                loss, hits = self._train_step(self._batch(x, idx), y[idx], "fit", epoch, step)
                 seen += len(idx)
                 loss_sum += loss * len(idx)
-                correct_sum += correct
-                logs = self._logs(loss_sum / seen, correct_sum / seen)
+                hit_sums = [a + b for a, b in zip(hit_sums, hits)]
+                logs = self._logs(loss_sum / seen, [h / seen for h in hit_sums])
                 cb.on_train_batch_end(step, logs)
                 if self.stop_training:
                     break
@@ -620,20 +624,21 @@ class Sequential:
         logits = plan.logits_loss
         # verbose=1: a live bar on a terminal; verbose=2 (or not a terminal): one final line
         bar = cbks.Progbar(steps, live=None if verbose == 1 else False) if verbose else None
-        loss_sum = correct = 0.0
+        loss_sum = 0.0
+        hit_sums = [0.0] * len(self._metric_objects)
         for step in range(steps):
             sl = slice(step * batch_size, (step + 1) * batch_size)
             out = self._infer(plan, self._batch(x, sl), logits)
             loss, _ = losses_mod.unchecked_compute(self.loss)(out, y[sl], logits=logits)
             loss_sum += float(loss) * len(out)
-            correct += _correct(out, y[sl])
+            hit_sums = [a + b for a, b in zip(hit_sums, self._hits(out, y[sl]))]
             if bar is not None:
                 done = min(n, (step + 1) * batch_size)
-                bar.update(step + 1, self._logs(loss_sum / done, correct / done))
+                bar.update(step + 1, self._logs(loss_sum / done, [h / done for h in hit_sums]))
         loss_mean = loss_sum / n + plan.penalty()  # Keras's evaluate reports the loss with the weight penalties
-        result = self._result(loss_mean, correct / n)
+        result = self._result(loss_mean, [h / n for h in hit_sums])
         if bar is not None:
-            bar.close(self._logs(loss_mean, correct / n))
+            bar.close(self._logs(loss_mean, [h / n for h in hit_sums]))
         return result
 
     def predict(self, x, batch_size=32, verbose=0):
@@ -660,16 +665,21 @@ class Sequential:
 
     # ------------------------------------------------------------------ helpers
     def _metric_names(self):
-        return ["loss"] + list(self.metrics)
+        return ["loss"] + [m.name for m in self._metric_objects]
 
-    def _logs(self, loss, acc):
+    def _hits(self, out, labels):
+        """Each metric's count of hits in a batch (out: outputs or logits (N, K); labels as the loss takes)."""
+        return [m.hits(out, labels) for m in self._metric_objects]
+
+    def _logs(self, loss, values):
+        """{'loss': loss, metric name: value, ...} (values: one per metric, in compile's order)."""
         logs = {"loss": loss}
-        for m in self.metrics:  # every metric is an accuracy (see _METRICS), under the name given
-            logs[m] = acc
+        for m, v in zip(self._metric_objects, values):
+            logs[m.name] = v
         return logs
 
-    def _result(self, loss, acc):
-        return [loss] + [acc] * len(self.metrics) if self.metrics else loss
+    def _result(self, loss, values):
+        return [loss] + list(values) if self._metric_objects else loss
 
     @staticmethod
     def _batch(x, idx):
@@ -766,12 +776,16 @@ class Sequential:
             )
 
     def _check_xy(self, x, y, where):
-        """x as in :meth:`_check_x`; y as int64 (N,) labels in [0, classes). Checked once per call."""
+        """x as in :meth:`_check_x`; y as the loss takes its labels (checked once per call): int64 (N,)
+        labels in [0, classes) for a sparse loss, float32 (N, classes) rows for a categorical one."""
         x = self._check_x(x, where)
         if y is None:
             raise ValueError(f"{where}: y (the labels) is required")
         self._check_output_for_loss(where)
-        y = losses_mod.check_labels(y, len(x), self.output_shape[-1], where, "labels")
+        if isinstance(self.loss, losses_mod.Loss):
+            y = self.loss.check_labels(y, len(x), self.output_shape[-1], where, "labels")
+        else:
+            y = losses_mod.check_labels(y, len(x), self.output_shape[-1], where, "labels")
         return x, y
 
 
@@ -827,10 +841,6 @@ def _value_range(x, chunk=1 << 22):
             return np.nan, np.nan
         lo, hi = min(lo, part_lo), max(hi, part_hi)
     return lo, hi
-
-
-def _correct(out, labels):
-    return float(np.count_nonzero(out.argmax(axis=-1) == labels))
 
 
 def _row(cols, width):
