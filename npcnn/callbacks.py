@@ -206,12 +206,12 @@ _MODES = ("auto", "min", "max")
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for more than ``patience`` epochs.
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs (at least one), as Keras.
 
     Args:
         monitor: the key of the epoch's logs to watch (``'val_loss'``, ``'val_accuracy'``, ...).
         min_delta: the smallest change that counts as an improvement.
-        patience: epochs without improvement tolerated before stopping.
+        patience: stop after this many epochs in a row without improvement (0 acts as 1), as Keras does.
         mode: 'min', 'max', or 'auto' ('max' when the name contains 'acc', else 'min').
         restore_best_weights: put back the weights of the best epoch when stopping.
     Raises:
@@ -268,7 +268,7 @@ class EarlyStopping(Callback):
                 self.best_weights = self.model.get_weights()
         else:
             self.wait += 1
-            if self.wait > self.patience:
+            if self.wait >= self.patience and epoch > 0:  # Keras: stop after `patience` epochs without improvement
                 self.stopped_epoch = epoch
                 self.model.stop_training = True
                 if self.restore_best_weights and self.best_weights is not None:
@@ -398,3 +398,442 @@ class GradientNormLogger(Callback):
                 if len(values) < done:
                     values.extend([math.nan] * (done - 1 - len(values)))
                     values.append(float(v))
+
+
+# --------------------------------------------------------------------------- learning rates, files (issue 13)
+
+
+def _finite_real(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) \
+        and math.isfinite(value)
+
+
+def _current_lr(model):
+    """The model's optimizer's learning rate now (a float), or None without a model or optimizer."""
+    opt = getattr(model, "optimizer", None) if model is not None else None
+    return None if opt is None else float(opt.learning_rate)
+
+
+def _check_lr_state(state, where, keys):
+    """Raise ValueError unless ``state`` is a dict with the non-negative int ``keys`` and a learning_rate
+    that is None or a positive finite number."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{where}: expected a dict, got {type(state).__name__}")
+    for key in keys:
+        v = state.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{where}: {key} must be a non-negative integer, got {v!r}")
+    lr = state.get("learning_rate")
+    if lr is not None and not (_finite_real(lr) and lr > 0):
+        raise ValueError(f"{where}: learning_rate must be None or a positive finite number, got {lr!r}")
+
+
+def _restore_lr(model, lr):
+    """Put a saved learning rate back into the model's optimizer (not when it follows a schedule)."""
+    opt = getattr(model, "optimizer", None)
+    if lr is not None and opt is not None and getattr(opt, "schedule", None) is None:
+        opt.learning_rate = lr
+
+
+class LearningRateScheduler(Callback):
+    """Sets the learning rate at the start of every epoch to ``schedule(epoch, lr)`` (Keras's callback).
+
+    Args:
+        schedule: a function ``(epoch, lr) -> new lr`` (epoch counts from 0, lr is the current rate), or
+            ``(epoch) -> new lr``.
+        verbose: 1 prints the new rate each epoch.
+    Raises (during fit):
+        ValueError: the schedule returned something other than a positive finite number (names the epoch).
+        TypeError: the optimizer follows a LearningRateSchedule (its rate cannot be set).
+
+    Each epoch's logs get ``'learning_rate'`` (so ``history.history['learning_rate']`` has it). State for
+    checkpoints: the current rate, so a resumed run gives ``schedule`` the same ``lr``.
+    """
+
+    def __init__(self, schedule, verbose=0):
+        if not callable(schedule):
+            raise TypeError(f"LearningRateScheduler: schedule must be a function (epoch, lr) -> lr, got {schedule!r}")
+        self.schedule = schedule
+        self.verbose = verbose
+        self._two_args = _takes_two_args(schedule)
+        self._resumed_lr = None
+
+    def on_train_begin(self, logs=None):
+        if self._resumed_lr is not None:
+            _restore_lr(self.model, self._resumed_lr)
+            self._resumed_lr = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr = _current_lr(self.model)
+        new = self.schedule(epoch, lr) if self._two_args else self.schedule(epoch)
+        if not (_finite_real(new) and new > 0):
+            raise ValueError(f"LearningRateScheduler: the schedule returned {new!r} for epoch {epoch}; it must "
+                             "return a positive finite float")
+        self.model.optimizer.learning_rate = float(new)
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(new)}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = _current_lr(self.model)
+
+    def get_state(self):
+        """{'learning_rate': the optimizer's current rate (None before a model is set)}."""
+        lr = _current_lr(getattr(self, "model", None))
+        return {"learning_rate": lr if lr is not None else self._resumed_lr}
+
+    def set_state(self, state):
+        """The next ``fit`` starts from the saved rate. Raises ValueError for an invalid state (nothing changes)."""
+        _check_lr_state(state, "LearningRateScheduler.set_state", ())
+        lr = state.get("learning_rate")
+        self._resumed_lr = None if lr is None else float(lr)
+
+
+def _takes_two_args(fn):
+    """Whether ``fn`` can be called with two positional arguments (Keras's (epoch, lr) schedule)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return True
+    try:
+        sig.bind(0, 0.1)
+        return True
+    except TypeError:
+        return False
+
+
+def _monitor_mode(mode, monitor, owner):
+    if not isinstance(monitor, str):
+        raise TypeError(f"{owner}: monitor must be the name of a metric, got {monitor!r}")
+    if not isinstance(mode, str) or mode not in _MODES:
+        raise ValueError(f"{owner}: unknown mode {mode!r}" + did_you_mean(mode, _MODES))
+    if mode == "auto":
+        mode = "max" if "acc" in monitor or monitor.startswith("fmeasure") else "min"
+    return mode
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` has stopped improving (Keras's callback).
+
+    After each epoch: in cooldown, the cooldown counter drops by one and ``wait`` is reset; a value better
+    than ``best`` by more than ``min_delta`` becomes ``best`` and resets ``wait``; otherwise (not in
+    cooldown) ``wait`` grows, and when it reaches ``patience`` the rate becomes
+    ``max(lr * factor, min_lr)`` (if lr > min_lr), ``wait`` returns to 0 and ``cooldown`` epochs of
+    cooldown begin. Each epoch's logs get ``'learning_rate'`` (the rate the epoch trained with).
+
+    Args (Keras's defaults): monitor='val_loss', factor=0.1, patience=10, verbose=0, mode='auto'
+        ('max' when the name contains 'acc', else 'min'), min_delta=1e-4, cooldown=0, min_lr=0.0.
+    Raises:
+        ValueError: factor not in (0, 1), an unknown mode, negative patience/cooldown/min_lr, or a
+            min_delta that is not a finite number.
+    Warns:
+        UserWarning, each epoch, when ``monitor`` is not in the logs (as Keras).
+
+    State for checkpoints (:meth:`get_state`): best, wait, cooldown counter and the current rate; after
+    :meth:`set_state` the next fit continues from them instead of starting afresh.
+    """
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto", min_delta=1e-4,
+                 cooldown=0, min_lr=0.0):
+        owner = "ReduceLROnPlateau"
+        if not _finite_real(factor) or not 0 < factor < 1:
+            raise ValueError(f"{owner}: factor must be in (0, 1) (ReduceLROnPlateau does not support a factor >= 1.0)"
+                             f", got {factor!r}")
+        for name, v in (("patience", patience), ("cooldown", cooldown)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{owner}: {name} must be a non-negative integer, got {v!r}")
+        if not _finite_real(min_delta):
+            raise ValueError(f"{owner}: min_delta must be a finite number, got {min_delta!r}")
+        if not _finite_real(min_lr) or min_lr < 0:
+            raise ValueError(f"{owner}: min_lr must be a non-negative finite number, got {min_lr!r}")
+        self.monitor = monitor
+        self.mode = _monitor_mode(mode, monitor, owner)
+        self.factor, self.patience, self.verbose = float(factor), int(patience), verbose
+        self.min_delta, self.cooldown, self.min_lr = float(min_delta), int(cooldown), float(min_lr)
+        self._resumed = False
+        self._resumed_lr = None
+        self._reset()
+
+    def _reset(self):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def _improved(self, current):
+        if self.mode == "min":
+            return current < self.best - self.min_delta
+        return current > self.best + self.min_delta
+
+    def in_cooldown(self):
+        return self.cooldown_counter > 0
+
+    def on_train_begin(self, logs=None):
+        if self._resumed:
+            self._resumed = False
+            _restore_lr(self.model, self._resumed_lr)
+            self._resumed_lr = None
+        else:
+            self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs["learning_rate"] = _current_lr(self.model)
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(f"Learning rate reduction is conditioned on metric `{self.monitor}` which is not "
+                          f"available. Available metrics are: {','.join(map(str, logs))}.", UserWarning,
+                          stacklevel=2)
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improved(current):
+            self.best = float(current)
+            self.wait = 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience:
+                old_lr = _current_lr(self.model)
+                if old_lr > self.min_lr:
+                    new_lr = max(old_lr * self.factor, self.min_lr)
+                    self.model.optimizer.learning_rate = new_lr
+                    if self.verbose > 0:
+                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new_lr}.")
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+    def get_state(self):
+        """{'best' (inf/-inf before the first value), 'wait', 'cooldown_counter', 'learning_rate'}."""
+        lr = _current_lr(getattr(self, "model", None))
+        return {"best": float(self.best), "wait": int(self.wait), "cooldown_counter": int(self.cooldown_counter),
+                "learning_rate": lr if lr is not None else self._resumed_lr}
+
+    def set_state(self, state):
+        """Continue from ``state`` in the next fit; all or nothing.
+
+        Raises:
+            ValueError: a field is missing or invalid (named).
+        """
+        where = "ReduceLROnPlateau.set_state"
+        _check_lr_state(state, where, ("wait", "cooldown_counter"))
+        best = state.get("best")
+        if isinstance(best, bool) or not isinstance(best, (int, float, np.integer, np.floating)) or math.isnan(best):
+            raise ValueError(f"{where}: best must be a number (or +-inf before the first epoch), got {best!r}")
+        self.best, self.wait = float(best), int(state["wait"])
+        self.cooldown_counter = int(state["cooldown_counter"])
+        lr = state.get("learning_rate")
+        self._resumed_lr = None if lr is None else float(lr)
+        self._resumed = True
+
+
+class ModelCheckpoint(Callback):
+    """Save the model's weights (or the whole model) during training, atomically (Keras's callback).
+
+    Args:
+        filepath: the file to write; may hold ``str.format`` fields filled from the epoch (counted from 1)
+            and the logs: ``'w.{epoch:02d}-{val_loss:.2f}.npz'``; with an integer save_freq also ``{batch}``.
+        monitor: the log key compared when ``save_best_only`` (default 'val_loss').
+        verbose: 1 prints a line per save (and per epoch without improvement).
+        save_best_only: write only when ``monitor`` improves on the best value so far (strictly).
+        save_weights_only: True (npcnn's default): ``model.save_weights`` (an ``.npz``); False:
+            ``model.save`` (architecture, weights, compile settings and optimizer state).
+        mode: 'min', 'max' or 'auto' ('max' when monitor contains 'acc', else 'min').
+        save_freq: 'epoch' (after every epoch) or an integer: every that many batches.
+        initial_value_threshold: the best value to beat at first (None: any value is an improvement).
+    Raises:
+        ValueError: a Keras-only suffix (.h5, .keras: npcnn writes .npz archives), an unknown mode or a
+            bad save_freq.
+        KeyError (during fit): the filepath names a field that is not in the logs (as Keras).
+
+    Every write goes through a temporary file renamed over the target (npcnn.saving.write_npz), so a run
+    killed while saving leaves the previous file whole. State for checkpoints: the best value and the batch
+    counters of an integer save_freq, so a resumed run does not overwrite a better file with a worse one.
+    """
+
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=True,
+                 mode="auto", save_freq="epoch", initial_value_threshold=None):
+        import os
+
+        owner = "ModelCheckpoint"
+        self.filepath = os.fspath(filepath)
+        if self.filepath.lower().endswith((".h5", ".hdf5", ".keras")):
+            raise ValueError(f"{owner}: {self.filepath!r}: npcnn writes its own .npz archives, not Keras's "
+                             ".h5/.keras files; use a name such as 'ckpt/w.{{epoch:02d}}.npz'")
+        self.monitor = monitor
+        self.mode = _monitor_mode(mode, monitor, owner)
+        self.verbose = verbose
+        self.save_best_only = bool(save_best_only)
+        self.save_weights_only = bool(save_weights_only)
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, (int, np.integer))
+                                     or save_freq < 1):
+            raise ValueError(f"{owner}: save_freq must be 'epoch' or a positive integer (batches), got {save_freq!r}")
+        self.save_freq = save_freq if save_freq == "epoch" else int(save_freq)
+        if initial_value_threshold is not None and not _finite_real(initial_value_threshold):
+            raise ValueError(f"{owner}: initial_value_threshold must be None or a finite number, got "
+                             f"{initial_value_threshold!r}")
+        worst = math.inf if self.mode == "min" else -math.inf
+        self.best = worst if initial_value_threshold is None else float(initial_value_threshold)
+        self._batches_seen_since_last_saving = 0
+        self._last_batch_seen = 0
+        self._current_epoch = 0
+
+    def on_train_begin(self, logs=None):
+        if not self.save_weights_only and not hasattr(self.model, "save"):
+            raise ValueError("ModelCheckpoint: save_weights_only=False needs model.save, which this model lacks")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        if batch <= self._last_batch_seen:  # a new epoch (Keras's counting)
+            add = batch + 1
+        else:
+            add = batch - self._last_batch_seen
+        self._batches_seen_since_last_saving += add
+        self._last_batch_seen = batch
+        if self._batches_seen_since_last_saving >= self.save_freq:
+            self._batches_seen_since_last_saving = 0
+            self._save(self._current_epoch, batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(epoch, None, logs)
+
+    def _path(self, epoch, batch, logs):
+        fields = dict(logs)
+        try:
+            if batch is None or "batch" in fields:
+                return self.filepath.format(epoch=epoch + 1, **fields)
+            return self.filepath.format(epoch=epoch + 1, batch=batch + 1, **fields)
+        except KeyError as e:
+            raise KeyError(f'ModelCheckpoint: failed to format the filepath "{self.filepath}": no {e} in the logs '
+                           f"(available: {', '.join(['epoch'] + list(map(str, fields)))})") from None
+
+    def _write(self, path):
+        if self.save_weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
+
+    def _improved(self, current):
+        return current < self.best if self.mode == "min" else current > self.best
+
+    def _save(self, epoch, batch, logs):
+        logs = logs or {}
+        path = self._path(epoch, batch, logs)
+        if not self.save_best_only:
+            if self.verbose > 0:
+                print(f"\nEpoch {epoch + 1}: saving model to {path}")
+            self._write(path)
+            return
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(f"Can save best model only with {self.monitor} available, skipping.", UserWarning,
+                          stacklevel=2)
+            return
+        if self._improved(current):
+            if self.verbose > 0:
+                print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
+                      f"saving model to {path}")
+            self._write(path)
+            self.best = float(current)
+        elif self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+
+    def get_state(self):
+        """{'best', 'batches_since_save', 'last_batch_seen'}."""
+        return {"best": float(self.best), "batches_since_save": int(self._batches_seen_since_last_saving),
+                "last_batch_seen": int(self._last_batch_seen)}
+
+    def set_state(self, state):
+        """Continue from ``state``; all or nothing (ValueError naming the bad field)."""
+        where = "ModelCheckpoint.set_state"
+        _check_lr_state(state, where, ("batches_since_save", "last_batch_seen"))
+        best = state.get("best")
+        if isinstance(best, bool) or not isinstance(best, (int, float, np.integer, np.floating)) or math.isnan(best):
+            raise ValueError(f"{where}: best must be a number (or +-inf before the first save), got {best!r}")
+        self.best = float(best)
+        self._batches_seen_since_last_saving = int(state["batches_since_save"])
+        self._last_batch_seen = int(state["last_batch_seen"])
+
+
+class CSVLogger(Callback):
+    """Write each epoch's logs as one CSV row (Keras's callback and file layout).
+
+    Columns: ``epoch`` (counted from 0, as Keras writes it), then the log keys sorted by name; when the
+    first epoch has no ``val_`` keys, ``val_<key>`` columns are added anyway and hold ``NA`` (Keras's
+    layout). Each row is flushed as it is written.
+
+    Args:
+        filename: the CSV file.
+        separator: the field separator (default ',').
+        append: continue an existing file (its header is kept; one is written only into an empty or new
+            file); False overwrites it. Resuming a run from a checkpoint: pass append=True.
+    """
+
+    def __init__(self, filename, separator=",", append=False):
+        import os
+
+        if not isinstance(separator, str) or len(separator) != 1:
+            raise ValueError(f"CSVLogger: separator must be one character, got {separator!r}")
+        self.filename = os.fspath(filename)
+        self.sep = separator
+        self.append = bool(append)
+        self.keys = None
+        self.writer = None
+        self.csv_file = None
+        self.append_header = True
+
+    def on_train_begin(self, logs=None):
+        import os
+
+        if self.append:
+            if os.path.exists(self.filename):
+                with open(self.filename, encoding="utf-8") as f:
+                    self.append_header = not bool(len(f.readline()))
+            mode = "a"
+        else:
+            mode = "w"
+        self.keys = None
+        self.writer = None
+        self.csv_file = open(self.filename, mode, newline="", encoding="utf-8")  # noqa: SIM115 (closed at train end)
+
+    def on_epoch_end(self, epoch, logs=None):
+        import csv
+
+        logs = logs or {}
+
+        def value(v):
+            if isinstance(v, str):
+                return v
+            if isinstance(v, np.ndarray) and v.ndim > 0 or isinstance(v, (list, tuple)):
+                return f"\"[{', '.join(map(str, np.ravel(v)))}]\""
+            return float(v) if isinstance(v, (np.floating, np.integer)) else v
+
+        if self.keys is None:
+            self.keys = sorted(logs)
+            if not any(k.startswith("val_") for k in self.keys):
+                self.keys.extend(["val_" + k for k in self.keys])
+        if self.writer is None:
+            sep = self.sep
+
+            class Dialect(csv.excel):
+                delimiter = sep
+
+            self.writer = csv.DictWriter(self.csv_file, fieldnames=["epoch"] + self.keys, dialect=Dialect)
+            if self.append_header:
+                self.writer.writeheader()
+        row = {"epoch": epoch}
+        row.update((k, value(logs.get(k, "NA"))) for k in self.keys)
+        self.writer.writerow(row)
+        self.csv_file.flush()
+
+    def on_train_end(self, logs=None):
+        if self.csv_file is not None:
+            self.csv_file.close()
+        self.csv_file = None
+        self.writer = None

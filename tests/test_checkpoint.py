@@ -317,21 +317,21 @@ def test_buffers_are_checkpointed_and_restored(tmp_path, data):
 
 # ------------------------------------------------------------------ issue 11 item 10: callbacks' state
 def _early_run(x, y, tmp_path, split=None, restore_best=False, epochs=8):
-    """fit with EarlyStopping(monitor='loss', min_delta=10, patience=1): never 'improves' after epoch 1, so
-    an uninterrupted run stops after epoch 3. With ``split``, stop after ``split`` epochs, then resume in a
+    """fit with EarlyStopping(monitor='loss', min_delta=10, patience=2): never 'improves' after epoch 1, so
+    an uninterrupted run stops after epoch 3 (Keras stops after `patience` epochs without improvement). With ``split``, stop after ``split`` epochs, then resume in a
     fresh model and fresh callbacks from the checkpoint."""
     from npcnn.callbacks import EarlyStopping
 
     npcnn.set_random_seed(21)
     model = small_model()
-    early = EarlyStopping(monitor="loss", min_delta=10, patience=1, restore_best_weights=restore_best)
+    early = EarlyStopping(monitor="loss", min_delta=10, patience=2, restore_best_weights=restore_best)
     ckpt = TrainingCheckpoint(tmp_path)
     hist = model.fit(x, y, epochs=split or epochs, batch_size=8, verbose=0, callbacks=[early, ckpt])
     if split is None:
         return model, hist.epoch, early
     npcnn.set_random_seed(5)
     model = small_model()
-    early = EarlyStopping(monitor="loss", min_delta=10, patience=1, restore_best_weights=restore_best)
+    early = EarlyStopping(monitor="loss", min_delta=10, patience=2, restore_best_weights=restore_best)
     state = restore_checkpoint(ckpt.path, model, callbacks=[early])
     ckpt = TrainingCheckpoint(tmp_path, history=state.history)
     hist = model.fit(x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=[early, ckpt],

@@ -357,3 +357,14 @@ def test_resume_with_batchnorm_and_dropout_is_bit_identical(tmp_path, backend, t
     assert len(ref.non_trainable_weights) == 2
     for a, b in zip(ref.get_weights(), resumed.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("patience,epochs_run", [(0, 2), (1, 2), (2, 3), (3, 4)])
+def test_early_stopping_counts_patience_as_keras(patience, epochs_run, rng):
+    """Keras 3: wait += 1 on each epoch without improvement; stop once wait >= patience (epoch > 0). With a
+    min_delta no epoch can beat, epoch 1 sets the best and the run stops `max(patience, 1)` epochs later."""
+    model = Sequential([Flatten(input_shape=(2, 2, 1)), Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    early = cbks.EarlyStopping(monitor="loss", min_delta=100, patience=patience)
+    history = model.fit(rng.random((8, 2, 2, 1)), np.arange(8) % 3, epochs=10, verbose=0, callbacks=[early])
+    assert len(history.epoch) == epochs_run and early.stopped_epoch == epochs_run - 1
