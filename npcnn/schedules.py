@@ -9,7 +9,8 @@ Formulas (Keras 3's; npcnn computes them in float64, Keras in float32)::
     ExponentialDecay:        lr(s) = initial * decay_rate ^ (s / decay_steps)      (staircase: floor(s / decay_steps))
     PiecewiseConstantDecay:  values[0] for s <= boundaries[0], values[i] for boundaries[i-1] < s <= boundaries[i],
                              values[-1] for s > boundaries[-1]
-    CosineDecay:             warmup (warmup_target given, s < warmup_steps): initial + (target - initial) * s / warmup_steps
+    CosineDecay:             warmup (warmup_target given, s < warmup_steps):
+                             lr = initial + (target - initial) * s / warmup_steps
                              then, with s' = min(s - warmup_steps, decay_steps) and top = warmup_target or initial:
                              lr = top * ((1 - alpha) * 0.5 * (1 + cos(pi * s' / decay_steps)) + alpha)
 
