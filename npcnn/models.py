@@ -924,7 +924,9 @@ def load_model(filepath, compile=True):
         optimizer = serialization.deserialize_object(settings.get("optimizer"), ["npcnn.optimizers"], "optimizer",
                                                      where)
         loss = serialization.deserialize_object(settings.get("loss"), ["npcnn.losses"], "loss", where)
-        model.compile(optimizer=optimizer, loss=loss, metrics=list(settings.get("metrics") or []))
+        metrics = [m if isinstance(m, str) else serialization.deserialize_object(m, ["npcnn.metrics"], "metric", where)
+                   for m in settings.get("metrics") or []]
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
         if opt_state:
             try:
                 model.optimizer.set_state(model.params, opt_state)

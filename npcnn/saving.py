@@ -417,7 +417,8 @@ def save_model(model, filepath, include_optimizer=True):
     Members: ``npcnn_model``, a JSON string ``{'format': 'npcnn-model', 'version': 1, 'model': {...},
     'weight_names': [...], 'compile': {...} or None, 'optimizer_state': bool}`` (the architecture as
     ``model.to_json()`` gives it; the compile settings as ``{'optimizer': {'class_name', 'config'},
-    'loss': {...}, 'metrics': [...]}``); ``weights/<layer>/<key>`` for every weight (params and
+    'loss': {...}, 'metrics': [names, or {'class_name', 'config'} of metric objects]}``);
+    ``weights/<layer>/<key>`` for every weight (params and
     buffers); with ``include_optimizer`` and a compiled model, ``optimizer/iterations`` and
     ``optimizer/slot{i}_{name}`` (the optimizer's state, as in checkpoints).
 
@@ -440,7 +441,8 @@ def save_model(model, filepath, include_optimizer=True):
         compile_config = {
             "optimizer": serialization.serialize_object(model.optimizer, "optimizer"),
             "loss": serialization.serialize_object(model.loss, "loss"),
-            "metrics": [m if isinstance(m, str) else getattr(m, "name", type(m).__name__) for m in model.metrics],
+            "metrics": [m if isinstance(m, str) else serialization.serialize_object(m, "metric")
+                        for m in model.metrics],
         }
         if include_optimizer:
             for key, arr in model.optimizer.get_state(model.params).items():

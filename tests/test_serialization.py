@@ -335,3 +335,32 @@ def test_load_model_refuses_bad_and_foreign_files(tmp_path):
             np.lib.format.write_array(m, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="pickled"):
         load_model(tmp_path / "pickled.npcnn")
+
+
+def test_compile_settings_of_every_kind_round_trip(tmp_path):
+    """Another optimizer with a schedule, a loss with arguments, metric objects with arguments."""
+    from npcnn import losses, metrics, optimizers, schedules
+
+    set_random_seed(0)
+    model = toolbox_model(compile=False)
+    model.compile(optimizer=optimizers.AdamW(learning_rate=schedules.ExponentialDecay(0.01, 3, 0.5),
+                                             weight_decay=0.01, beta_1=0.8),
+                  loss=losses.CategoricalCrossentropy(label_smoothing=0.1),
+                  metrics=["categorical_accuracy", metrics.TopKCategoricalAccuracy(k=2)])
+    x, labels = data()
+    y = np.eye(5, dtype=np.float32)[labels]
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    model.save(tmp_path / "m.npcnn")
+    loaded = load_model(tmp_path / "m.npcnn")
+    assert type(loaded.optimizer) is optimizers.AdamW
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    assert type(loaded.loss) is losses.CategoricalCrossentropy and loaded.loss.label_smoothing == 0.1
+    assert loaded.metrics[0] == "categorical_accuracy"
+    assert type(loaded.metrics[1]) is metrics.TopKCategoricalAccuracy and loaded.metrics[1].k == 2
+    set_random_seed(3)
+    h1 = model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    set_random_seed(3)
+    h2 = loaded.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert h1.history == h2.history
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        assert np.array_equal(a, b)
