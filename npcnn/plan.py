@@ -215,8 +215,8 @@ class Plan:
         #: the loss reads logits (the owned softmax's input, or the outputs with from_logits=True)
         self.logits_loss = self.owns_softmax or from_logits
         self.needs_rng = any(getattr(layer, "needs_rng", False) for step in steps for layer in step.layers)
-        param_steps = [s for s in steps if s.param_layer is not None]
-        self._param_steps = param_steps
+        self._param_index = [i for i, s in enumerate(steps) if s.param_layer is not None]
+        self._param_steps = [steps[i] for i in self._param_index]
 
 
     def new_states(self, parallel=None, workspaces=True):
@@ -265,9 +265,10 @@ class Plan:
             dout = dout * dout.dtype.type(scale)
         self.backward(dout, states, ctx, logits=self.logits_loss)
         if self._regularized:  # weight penalties: the loss gets R(w), the gradients scale * dR/dw
-            index = {id(s): i for i, s in enumerate(self.steps)}
-            for step in self._regularized:
-                st, layer = states[index[id(step)]], step.param_layer
+            for i in self._param_index:
+                st, layer = states[i], self.steps[i].param_layer
+                if not getattr(layer, "regularizers", None):
+                    continue
                 for key, reg in layer.regularizers.items():
                     g = reg.gradient(layer.params[key])
                     st.grads[key] = st.grads[key] + (g * g.dtype.type(scale) if scale != 1.0 else g)
@@ -284,14 +285,11 @@ class Plan:
 
     def grads(self, states):
         """[[gradient per param of the step's layer, in params order] per param step]."""
-        index = {id(s): i for i, s in enumerate(self.steps)}
-        return [[states[index[id(s)]].grads[k] for k in s.param_layer.params] for s in self._param_steps]
+        return [[states[i].grads[k] for k in self.steps[i].param_layer.params] for i in self._param_index]
 
     def updates(self, states):
         """[(layer, {buffer: new value})] declared by the last training forward."""
-        index = {id(s): i for i, s in enumerate(self.steps)}
-        return [(s.param_layer, states[index[id(s)]].updates) for s in self._param_steps
-                if states[index[id(s)]].updates]
+        return [(self.steps[i].param_layer, states[i].updates) for i in self._param_index if states[i].updates]
 
     @property
     def _regularized(self):
