@@ -935,4 +935,55 @@ def load_model(filepath, compile=True):
     return model
 
 
-__all__ = ["Sequential", "cifar10_cnn", "model_from_json", "load_model"]
+
+# The deep model's defaults (issue 14): 30 epochs of batch 64 on the 50,000 CIFAR-10 training images.
+DEEP_EPOCHS, DEEP_BATCH = 30, 64
+DEEP_STEPS = DEEP_EPOCHS * -(-50000 // DEEP_BATCH)  # 30 * 782 = 23,460 updates
+
+
+def cifar10_deep(input_shape=(32, 32, 3), classes=10, compile=True, augment=True, learning_rate=1e-3,
+                 decay_steps=DEEP_STEPS, name="cifar10_deep"):
+    """The deeper CIFAR-10 model of issue 14 (552,874 parameters, 1,152 of them non-trainable), in
+    Keras notation::
+
+        block(f, d) = Conv2D(f, 3x3, 'same') -> BatchNormalization -> Activation('relu')
+                   -> Conv2D(f, 3x3, 'same') -> BatchNormalization -> Activation('relu')
+                   -> MaxPooling2D(2) -> Dropout(d)
+        [RandomFlip('horizontal'), RandomTranslation(0.1, 0.1)]   (training only; left out if not augment)
+        -> block(32, 0.2) -> block(64, 0.3) -> block(128, 0.4)
+        -> Flatten -> Dense(128) -> BatchNormalization -> Activation('relu') -> Dropout(0.5)
+        -> Dense(classes, softmax)
+
+    Glorot-uniform kernels and zero biases (Keras's defaults). Compiled (when ``compile``) with Adam
+    whose learning rate follows ``npcnn.schedules.CosineDecay(learning_rate, decay_steps)`` (from
+    ``learning_rate`` to 0 over ``decay_steps`` updates; the default is 30 epochs of batch 64 on 50,000
+    images; ``decay_steps=None``: a constant rate), 'sparse_categorical_crossentropy' and accuracy.
+    ``augment=False`` leaves the two augmentation layers out (for timing: they do nothing at inference).
+    """
+    from npcnn.layers import (Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D,
+                              RandomFlip, RandomTranslation)
+
+    first = {"input_shape": tuple(input_shape)}
+    layers = []
+    if augment:
+        layers += [RandomFlip("horizontal", **first), RandomTranslation(0.1, 0.1)]
+        first = {}
+    for filters, rate in ((32, 0.2), (64, 0.3), (128, 0.4)):
+        for _ in range(2):
+            layers += [Conv2D(filters, (3, 3), padding="same", **first), BatchNormalization(), Activation("relu")]
+            first = {}
+        layers += [MaxPooling2D((2, 2)), Dropout(rate)]
+    layers += [Flatten(), Dense(128), BatchNormalization(), Activation("relu"), Dropout(0.5),
+               Dense(classes, activation="softmax")]
+    model = Sequential(layers, name=name)
+    if compile:
+        from npcnn.optimizers import Adam
+        from npcnn.schedules import CosineDecay
+
+        lr = learning_rate if decay_steps is None else CosineDecay(learning_rate, decay_steps)
+        model.compile(optimizer=Adam(learning_rate=lr), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+    return model
+
+
+__all__ = ["Sequential", "cifar10_cnn", "cifar10_deep", "model_from_json", "load_model"]
