@@ -458,3 +458,85 @@ def test_resume_records_and_checks_seed_threads_backend(tmp_path, capsys):
         example.main(no_seed + ["--epochs", "3", "--verbose", "0", "--checkpoint-dir", ck, "--resume"])
     assert capsys.readouterr().err == ""  # the checkpoint's seed, same settings: no warning
     assert load_checkpoint(os.path.join(ck, "checkpoint.npz")).extra["config"]["seed"] == 3
+
+
+# ------------------------------------------------------------------ issue 14: --model deep
+DEEP_QUICK = ["--model", "deep", "--sample", "--limit", "48", "--batch-size", "16", "--seed", "3"]
+
+
+def test_model_defaults():
+    seed, deep = example.parse_args([]), example.parse_args(["--model", "deep"])
+    assert (seed.model, seed.epochs, seed.batch_size) == ("seed", 10, 32)  # unchanged
+    assert (deep.model, deep.epochs, deep.batch_size) == ("deep", 30, 64)
+    mine = example.parse_args(["--model", "deep", "--epochs", "3", "--batch-size", "128"])
+    assert (mine.epochs, mine.batch_size) == (3, 128)
+    with pytest.raises(SystemExit):
+        example.parse_args(["--model", "resnet"])
+
+
+def test_deep_model_cli_one_short_epoch(tmp_path):
+    """The real command, one short epoch of the deep model on the bundled sample: its summary's parameter
+    counts are Keras's for the same stack (computed by hand in tests/test_deep_model.py)."""
+    proc = subprocess.run([sys.executable, "-m", "npcnn.examples.cifar10", "--model", "deep", "--sample",
+                           "--limit", "64", "--batch-size", "32", "--epochs", "1", "--seed", "0",
+                           "--output-dir", str(tmp_path)],
+                          env=_env(), cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "Total params: 552,874 (" in out
+    assert "Trainable params: 551,722 (" in out
+    assert "Non-trainable params: 1,152 (" in out
+    assert "Model: cifar10_deep, Adam with a cosine decay from 1e-3 to 0 over 2 updates" in out
+    assert "Epoch 1/1" in out and "val_accuracy" in out and "SAMPLE" in out
+    assert out.strip().splitlines()[-1].startswith("Test accuracy: ")
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert hist["model"] == "deep" and hist["data"] == "sample" and hist["epochs"] == 1 and hist["n_train"] == 64
+    assert hist["config"]["batch_size"] == 32 and hist["config"]["model"] == "deep"
+
+
+def test_deep_model_interrupted_then_resumed_is_exact(tmp_path, capsys, monkeypatch):
+    """Two epochs uninterrupted against one epoch, Ctrl-C, --resume: same weights (BatchNormalization's
+    moving statistics included), history and test accuracy; the cosine schedule continues where it was."""
+    args = DEEP_QUICK + ["--epochs", "2", "--verbose", "0"]
+    ref = example.main(args + ["--output-dir", str(tmp_path / "ref"), "--save", str(tmp_path / "ref.npz")])
+
+    real_counter = example.epoch_counter
+
+    def stop_after_first_epoch(progress):
+        from npcnn.callbacks import Callback
+
+        counter = real_counter(progress)
+
+        class Stop(Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                counter.on_epoch_end(epoch, logs)
+                raise KeyboardInterrupt
+
+        return Stop()
+
+    ck = str(tmp_path / "ck")
+    monkeypatch.setattr(example, "epoch_counter", stop_after_first_epoch)
+    with pytest.raises(example.Interrupted) as info:
+        example.main(args + ["--checkpoint-dir", ck])
+    assert info.value.epochs_done == 1 and load_checkpoint(os.path.join(ck, "checkpoint.npz")).epoch == 1
+    monkeypatch.setattr(example, "epoch_counter", real_counter)
+    capsys.readouterr()
+    res = example.main(args + ["--checkpoint-dir", ck, "--resume", "--save", str(tmp_path / "res.npz")])
+    assert "Resuming from" in capsys.readouterr().out
+    ref_w, res_w = _weights(tmp_path / "ref.npz"), _weights(tmp_path / "res.npz")
+    assert ref_w.keys() == res_w.keys() and "batch_normalization/moving_mean" in ref_w
+    for k in ref_w:
+        np.testing.assert_array_equal(ref_w[k], res_w[k], err_msg=k)
+    assert res["history"] == ref["history"] and res["test_accuracy"] == ref["test_accuracy"]
+
+
+def test_deep_resume_refuses_another_model_or_schedule(tmp_path, capsys):
+    ck = str(tmp_path / "ck")
+    example.main(DEEP_QUICK + ["--epochs", "1", "--verbose", "0", "--checkpoint-dir", ck])
+    seed_args = [a for a in DEEP_QUICK if a not in ("--model", "deep")]
+    with pytest.raises(CheckpointError, match=r"model: checkpoint 'deep', now 'seed'"):
+        example.main(seed_args + ["--epochs", "2", "--verbose", "0", "--checkpoint-dir", ck, "--resume"])
+    # --epochs sets the deep model's schedule (3 updates per epoch here): another total is another schedule
+    with pytest.raises(CheckpointError, match=r"schedule: checkpoint .*over 3 updates', now .*over 6 updates'"):
+        example.main(DEEP_QUICK + ["--epochs", "2", "--verbose", "0", "--checkpoint-dir", ck, "--resume"])
+    capsys.readouterr()

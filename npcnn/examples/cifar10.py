@@ -4,11 +4,15 @@
     python -m npcnn.examples.cifar10 --limit 2000 --epochs 2
     python -m npcnn.examples.cifar10 --checkpoint-dir runs/ckpt            # ... killed ...
     python -m npcnn.examples.cifar10 --checkpoint-dir runs/ckpt --resume   # same final weights
+    python -m npcnn.examples.cifar10 --model deep       # the deeper model of issue 14: 30 epochs, batch 64
 
 Same model as the Keras CIFAR-10 tutorial: three 3x3 Conv2D (32, 64, 64; ReLU) with 2x2
 max-pooling after the first two, Dense(64, ReLU), Dense(10, softmax), optimizer 'adam', loss
 'sparse_categorical_crossentropy' (npcnn fuses the final softmax with the cross-entropy, so the
 gradient is (p - onehot)/N), 10 epochs of batch 32, validated on the test set after each epoch.
+``--model deep`` trains :func:`npcnn.models.cifar10_deep` instead (augmentation, three blocks of two
+'same' Conv2D + BatchNormalization + ReLU, max-pooling and dropout; 552,874 parameters; Adam with a
+cosine decay of the learning rate from 1e-3 to 0 over the whole run), by default 30 epochs of batch 64.
 Ends with ``Test accuracy: 0.xxxx``; writes ``history.json`` (and ``history.png`` when
 matplotlib is installed) to ``--output-dir``.
 
@@ -38,7 +42,9 @@ import time
 
 import numpy as np
 
-CONFIG_KEYS = ("batch_size", "limit", "data")  # must match when resuming
+CONFIG_KEYS = ("model", "batch_size", "limit", "data", "schedule")  # must match when resuming
+LEGACY_CONFIG = {"model": "seed"}  # what a checkpoint written before --model existed holds
+MODELS = {"seed": {"epochs": 10, "batch_size": 32}, "deep": {"epochs": 30, "batch_size": 64}}  # --model's defaults
 RUNTIME_KEYS = ("threads", "backend", "data_parallel", "fuse")  # warned about when they differ on resume
 CHECKPOINT_NAME = "checkpoint.npz"
 
@@ -79,6 +85,13 @@ def build_model():
     model.add(Dense(10, activation="softmax"))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
+
+
+def build_deep_model(decay_steps):
+    """:func:`npcnn.models.cifar10_deep`, its cosine learning-rate decay reaching 0 after ``decay_steps`` updates."""
+    from npcnn.models import cifar10_deep
+
+    return cifar10_deep(decay_steps=decay_steps)
 
 
 def to_float32(x):
@@ -126,9 +139,12 @@ def parse_args(argv=None):
                                 description="The Keras CIFAR-10 tutorial program on npcnn.\n\nExamples:\n"
                                 + __doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=10, help="total number of epochs, counting those a resumed run "
-                   "has done already (default 10)")
-    p.add_argument("--batch-size", type=int, default=32, help="default 32")
+    p.add_argument("--model", default="seed", choices=tuple(MODELS),
+                   help="seed: the Keras tutorial's CNN (default); deep: npcnn.models.cifar10_deep (BatchNormalization, "
+                   "dropout, augmentation; Adam with a cosine decay over the whole run)")
+    p.add_argument("--epochs", type=int, default=None, help="total number of epochs, counting those a resumed run "
+                   "has done already (default 10; 30 with --model deep, whose learning-rate schedule spans them)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 32; 64 with --model deep")
     p.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
                    "(default: $NPCNN_DATA_DIR, else the per-user cache; downloaded there when absent)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
@@ -163,6 +179,9 @@ def parse_args(argv=None):
         p.error(f"--seed must be a non-negative integer, got {args.seed}")
     if (args.resume or args.overwrite) and not args.checkpoint_dir:
         p.error(f"--{'resume' if args.resume else 'overwrite'} needs --checkpoint-dir")
+    for name, value in MODELS[args.model].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     return args
 
 
@@ -319,18 +338,26 @@ def _run(args, progress):
     label = "the bundled SAMPLE" if data == "sample" else "CIFAR-10"
     print(f"{label}: {len(x_train)} training and {len(x_test)} test images")
 
-    model = build_model()
+    schedule = None
+    if args.model == "deep":
+        decay_steps = args.epochs * -(-len(x_train) // args.batch_size)  # the whole run's updates
+        schedule = f"cosine decay from 1e-3 to 0 over {decay_steps} updates"
+        model = build_deep_model(decay_steps)
+        print(f"Model: cifar10_deep, Adam with a {schedule} ({args.epochs} epochs of batch {args.batch_size})")
+    else:
+        model = build_model()
     model.summary(batch_size=args.batch_size)
 
-    config = {"batch_size": args.batch_size, "limit": args.limit, "data": data, "seed": args.seed}
+    config = {"model": args.model, "batch_size": args.batch_size, "limit": args.limit, "data": data,
+              "schedule": schedule, "seed": args.seed}
     runtime = runtime_settings()
     initial_epoch, history, ckpt = 0, {}, None
     if args.checkpoint_dir:
         ckpt = TrainingCheckpoint(args.checkpoint_dir, extra={"config": config, "runtime": runtime})
         if state is not None:
             saved = state.extra.get("config", {})
-            diff = [f"{k}: checkpoint {saved.get(k)!r}, now {config[k]!r}" for k in CONFIG_KEYS
-                    if saved.get(k) != config[k]]
+            diff = [f"{k}: checkpoint {saved.get(k, LEGACY_CONFIG.get(k))!r}, now {config[k]!r}" for k in CONFIG_KEYS
+                    if saved.get(k, LEGACY_CONFIG.get(k)) != config[k]]
             seed_differs = args.seed is not None and saved.get("seed") != args.seed
             if seed_differs:
                 diff.append(f"seed: checkpoint {saved.get('seed')!r}, now {args.seed!r}")
@@ -364,7 +391,7 @@ def _run(args, progress):
 
     test_loss, test_acc = model.evaluate(x_test, y_test, batch_size=args.batch_size,
                                          verbose=2 if args.verbose else 0)
-    result = {"data": data, "test_loss": float(test_loss), "test_accuracy": float(test_acc),
+    result = {"model": args.model, "data": data, "test_loss": float(test_loss), "test_accuracy": float(test_acc),
               "history": history, "epochs": len(next(iter(history.values()), [])),
               "train_seconds_this_run": round(train_time, 3), "config": config, "runtime": runtime,
               "n_train": len(x_train), "n_test": len(x_test)}
@@ -420,7 +447,7 @@ def write_history(result, output_dir):
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    title = "npcnn, Keras CIFAR-10 program" + (" (bundled SAMPLE, not full CIFAR-10)" if result["data"] == "sample"
+    title = ("npcnn, deep CIFAR-10 model" if result.get("model") == "deep" else "npcnn, Keras CIFAR-10 program") + (" (bundled SAMPLE, not full CIFAR-10)" if result["data"] == "sample"
                                                 else "")
     fig.suptitle(title)
     fig.tight_layout()
