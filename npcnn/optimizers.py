@@ -131,13 +131,9 @@ class Optimizer:
         lr = self.learning_rate  # at the iterations before this update (Keras's step for a schedule)
         self._lr = lr
         self._decay = lr * self.weight_decay if self.weight_decay else 0.0
-        self._prepare(lr, self.iterations + 1)
         self.iterations += 1
         for p, g in zip(params, grads):
             self.update(p, g, self._slots_for(p))
-
-    def _prepare(self, lr, t):
-        """Per-step scalars before the per-array updates (t: this update's 1-based number)."""
 
     def update(self, p, g, slots):
         raise NotImplementedError
@@ -296,8 +292,12 @@ class Adam(Optimizer):
         if self.amsgrad:
             self.slot_names = ("m", "v", "max_v")
 
-    def _prepare(self, lr, t):
-        self._alpha = float(lr * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t))
+    def apply(self, params, grads):
+        """One Adam step: alpha for this step (t = iterations + 1, the learning rate at iterations), then
+        the base class's clipping, decay and per-array updates."""
+        t = self.iterations + 1
+        self._alpha = float(self.learning_rate * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t))
+        super().apply(params, grads)
 
     def update(self, p, g, slots):
         # The formula above, in place: npcnn.kernels.optim (a NumPy twin and a fused Numba pass).
