@@ -161,7 +161,10 @@ class Optimizer:
         return cls(**config)
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if v is not None)
+        config = self.get_config()
+        if self._schedule is not None:
+            config["learning_rate"] = self._schedule
+        args = ", ".join(f"{k}={v!r}" for k, v in config.items() if v is not None)
         return f"{type(self).__name__}({args})"
 
     # State for checkpoints: plain arrays in the order of ``params``.

@@ -37,6 +37,12 @@ def _number(value, name, owner, positive=False, nonnegative=False):
     return v
 
 
+def _count(value, name, owner):
+    """A positive number of steps, kept an int when given as one (as Keras's configs hold it)."""
+    v = _number(value, name, owner, positive=True)
+    return int(value) if isinstance(value, (int, np.integer)) else v
+
+
 def _step(step, owner):
     if isinstance(step, bool) or not isinstance(step, (int, float, np.integer, np.floating)) or step < 0:
         raise ValueError(f"{owner}: step must be a non-negative number (the optimizer's iterations), got {step!r}")
@@ -68,7 +74,7 @@ class ExponentialDecay(LearningRateSchedule):
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="ExponentialDecay"):
         owner = "ExponentialDecay"
         self.initial_learning_rate = _number(initial_learning_rate, "initial_learning_rate", owner)
-        self.decay_steps = _number(decay_steps, "decay_steps", owner, positive=True)
+        self.decay_steps = _count(decay_steps, "decay_steps", owner)
         self.decay_rate = _number(decay_rate, "decay_rate", owner)
         self.staircase = bool(staircase)
         self.name = name
@@ -126,10 +132,12 @@ class CosineDecay(LearningRateSchedule):
                  warmup_steps=0):
         owner = "CosineDecay"
         self.initial_learning_rate = _number(initial_learning_rate, "initial_learning_rate", owner)
-        self.decay_steps = _number(decay_steps, "decay_steps", owner, positive=True)
+        self.decay_steps = _count(decay_steps, "decay_steps", owner)
         self.alpha = _number(alpha, "alpha", owner)
         self.warmup_target = None if warmup_target is None else _number(warmup_target, "warmup_target", owner)
         self.warmup_steps = _number(warmup_steps, "warmup_steps", owner, nonnegative=True)
+        if isinstance(warmup_steps, (int, np.integer)):
+            self.warmup_steps = int(warmup_steps)
         self.name = name
 
     def _decay(self, s, top):

@@ -316,3 +316,17 @@ def test_csv_logger_without_validation_adds_na_columns_and_appends(tmp_path, dat
     assert [line.split(";")[0] for line in lines[1:]] == ["0", "0", "1"]
     tiny().fit(*data, epochs=1, verbose=0, callbacks=[CSVLogger(path)])  # append=False overwrites
     assert len(path.read_text().splitlines()) == 2
+
+
+def test_model_checkpoint_whole_model(tmp_path, data):
+    """save_weights_only=False writes model.save's file: load_model gives the same model, optimizer included."""
+    from npcnn.models import load_model
+
+    model = tiny()
+    model.fit(*data, epochs=2, verbose=0, callbacks=[ModelCheckpoint(tmp_path / "m{epoch}.npcnn",
+                                                                     save_weights_only=False)])
+    again = load_model(tmp_path / "m2.npcnn")
+    for a, b in zip(model.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert again.optimizer.iterations == model.optimizer.iterations
+    np.testing.assert_array_equal(model.evaluate(*data, verbose=0), again.evaluate(*data, verbose=0))
