@@ -1,5 +1,6 @@
-"""Callbacks, as in Keras: History, a progress bar, TerminateOnNaN, EarlyStopping, and
-GradientNormLogger (per-layer gradient and weight norms per epoch).
+"""Callbacks, as in Keras: History, a progress bar, TerminateOnNaN, EarlyStopping,
+GradientNormLogger (per-layer gradient and weight norms per epoch), and LearningRateScheduler,
+ReduceLROnPlateau, ModelCheckpoint and CSVLogger (docs/callbacks.md).
 
 A callback with state that must survive a checkpoint (EarlyStopping's best value and wait count)
 implements ``get_state()``/``set_state(state)``; :class:`npcnn.checkpoint.TrainingCheckpoint` saves

@@ -1,5 +1,9 @@
 """Optimizers: they alone change weights, in place, from ``params`` and ``grads``.
 
+SGD, RMSprop, Adam (amsgrad) and AdamW with Keras 3's update rules, arguments and defaults; every one takes
+weight_decay, clipnorm, global_clipnorm, clipvalue and a float or a :mod:`npcnn.schedules` learning rate.
+The rules are written out in docs/optimizers.md; the per-element work is in :mod:`npcnn.kernels.optim`.
+
 State (moments) is keyed by the parameter array itself (its ``id``, with a
 reference kept so the id cannot be reused), never by a bare name such as
 'kernel' that several layers share.
