@@ -223,7 +223,7 @@ def check_model(model, x, y, eps=EPS, max_checks=30, seed=0, threshold=THRESHOLD
 
     Args:
         model: a compiled, built :class:`npcnn.models.Sequential` (left unchanged).
-        x: (N,) + input_shape inputs. y: (N,) integer labels.
+        x: (N,) + input_shape inputs. y: (N,) integer labels, or (N, K) label rows for a categorical loss.
         max_checks: random entries probed per parameter tensor (None: all).
     Returns:
         list of :class:`CheckResult`, one per parameter tensor.
@@ -236,7 +236,9 @@ def check_model(model, x, y, eps=EPS, max_checks=30, seed=0, threshold=THRESHOLD
     for layer in model.layers:
         _to_float64(layer)
     x = np.asarray(x, dtype=np.float64)
-    labels = np.asarray(y).reshape(-1).astype(np.int64)
+    y = np.asarray(y)
+    # (N, K) rows for a categorical loss (one-hot or soft), else (N,) class indices
+    labels = y.astype(np.float64) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(-1).astype(np.int64)
     plan = model.plan
     ctx = Context(True, seed=seed, batch_size=len(x))
     states = plan.new_states(workspaces=False)

@@ -368,3 +368,17 @@ def test_early_stopping_counts_patience_as_keras(patience, epochs_run, rng):
     early = cbks.EarlyStopping(monitor="loss", min_delta=100, patience=patience)
     history = model.fit(rng.random((8, 2, 2, 1)), np.arange(8) % 3, epochs=10, verbose=0, callbacks=[early])
     assert len(history.epoch) == epochs_run and early.stopped_epoch == epochs_run - 1
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_whole_model_gradcheck_with_a_categorical_loss(smoothing, rng):
+    from npcnn.losses import CategoricalCrossentropy
+
+    model = Sequential([Flatten(input_shape=(3, 3, 2)), Dense(5, activation="tanh"), Dense(4, activation="softmax")])
+    model.compile("adam", CategoricalCrossentropy(label_smoothing=smoothing))
+    assert model.plan.owns_softmax
+    x = gradcheck.spread_input((3, 3, 3, 2), rng)
+    y = np.eye(4)[[0, 3, 1]]
+    assert all(r.passed for r in gradcheck.check_model(model, x, y))
+    records = model.trace(x.astype(np.float32), y)  # trace takes one-hot labels too
+    assert records.loss == pytest.approx(model.evaluate(x, y, verbose=0), rel=1e-5)

@@ -432,10 +432,10 @@ CASES = [
     C(
         "optimizer-not-implemented",
         "compile",
-        "optimizer='rmsprop' (Keras's default)",
+        "optimizer='nadam' (a Keras optimizer npcnn does not have)",
         ValueError,
-        r"compile: optimizer 'rmsprop' is not implemented in npcnn; use 'adam' or 'sgd'",
-        lambda s, t: small(False).compile("rmsprop", "sparse_categorical_crossentropy"),
+        r"compile: optimizer 'nadam' is not implemented in npcnn; use 'sgd', 'rmsprop', 'adam' or 'adamw'",
+        lambda s, t: small(False).compile("nadam", "sparse_categorical_crossentropy"),
     ),
     C(
         "optimizer-type",
@@ -464,10 +464,10 @@ CASES = [
     C(
         "loss-categorical",
         "compile",
-        "loss='categorical_crossentropy' (one-hot labels)",
+        "loss='categorical_hinge' (a Keras loss npcnn does not have)",
         ValueError,
-        r"unknown loss 'categorical_crossentropy'. Did you mean 'sparse_categorical_crossentropy'\?",
-        lambda s, t: small(False).compile("adam", "categorical_crossentropy"),
+        r"unknown loss 'categorical_hinge'. Did you mean 'categorical_crossentropy'\?",
+        lambda s, t: small(False).compile("adam", "categorical_hinge"),
     ),
     C(
         "loss-missing",
