@@ -960,8 +960,17 @@ def cifar10_deep(input_shape=(32, 32, 3), classes=10, compile=True, augment=True
     images; ``decay_steps=None``: a constant rate), 'sparse_categorical_crossentropy' and accuracy.
     ``augment=False`` leaves the two augmentation layers out (for timing: they do nothing at inference).
     """
-    from npcnn.layers import (Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D,
-                              RandomFlip, RandomTranslation)
+    from npcnn.layers import (
+        Activation,
+        BatchNormalization,
+        Conv2D,
+        Dense,
+        Dropout,
+        Flatten,
+        MaxPooling2D,
+        RandomFlip,
+        RandomTranslation,
+    )
 
     first = {"input_shape": tuple(input_shape)}
     layers = []

@@ -140,8 +140,8 @@ def parse_args(argv=None):
                                 + __doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="seed", choices=tuple(MODELS),
-                   help="seed: the Keras tutorial's CNN (default); deep: npcnn.models.cifar10_deep (BatchNormalization, "
-                   "dropout, augmentation; Adam with a cosine decay over the whole run)")
+                   help="seed: the Keras tutorial's CNN (default); deep: npcnn.models.cifar10_deep "
+                   "(BatchNormalization, dropout, augmentation; Adam with a cosine decay over the whole run)")
     p.add_argument("--epochs", type=int, default=None, help="total number of epochs, counting those a resumed run "
                    "has done already (default 10; 30 with --model deep, whose learning-rate schedule spans them)")
     p.add_argument("--batch-size", type=int, default=None, help="default 32; 64 with --model deep")
@@ -447,8 +447,8 @@ def write_history(result, output_dir):
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    title = ("npcnn, deep CIFAR-10 model" if result.get("model") == "deep" else "npcnn, Keras CIFAR-10 program") + (" (bundled SAMPLE, not full CIFAR-10)" if result["data"] == "sample"
-                                                else "")
+    title = "npcnn, deep CIFAR-10 model" if result.get("model") == "deep" else "npcnn, Keras CIFAR-10 program"
+    title += " (bundled SAMPLE, not full CIFAR-10)" if result["data"] == "sample" else ""
     fig.suptitle(title)
     fig.tight_layout()
     buf = io.BytesIO()
