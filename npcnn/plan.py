@@ -13,6 +13,8 @@
   =============================================  ==========================================
   Conv2D + ReLU                                  :class:`ConvReLU` (the ReLU inside the conv kernel)
   Conv2D + ReLU + MaxPooling2D (not the last)    :class:`ConvReLUMaxPool` (:mod:`npcnn.kernels.fused`)
+  Conv2D + BatchNorm + ReLU (+ MaxPooling2D)     :class:`ConvBNReLU` (the ops one by one in training;
+                                                 in inference one op, the normalisation folded in)
   anything else                                  :class:`OpStep` (one layer's op, or one activation)
   =============================================  ==========================================
 
@@ -41,6 +43,7 @@ from npcnn.kernels.workspace import Workspace
 from npcnn.layers.activations import ReLU, Softmax
 from npcnn.layers.base import Layer, LayerState
 from npcnn.layers.convolutional import Conv2D
+from npcnn.layers.normalization import BatchNormalization
 from npcnn.layers.pooling import MaxPooling2D
 from npcnn.utils import env_flag
 
@@ -76,6 +79,11 @@ class Step:
         """{buffer name: bytes} that this step's kernels keep in its workspace after a training step
         of ``batch_size`` float32 samples of shape ``input_shape`` (Numba backend)."""
         return {}
+
+    def param_slots(self):
+        """[(layer, inner)]: the layers whose params this step trains, and where their gradients are:
+        ``state.grads`` (inner None) or ``state.inner[inner].grads`` (a block run step by step)."""
+        return [(self.param_layer, None)] if self.param_layer is not None else []
 
     def label(self):
         return ", ".join(layer.name or type(layer).__name__ for layer in self.layers)
@@ -165,6 +173,87 @@ class ConvReLUMaxPool(Step):
         return {k: 4 * v for k, v in sizes.items()}
 
 
+class ConvBNReLU(Step):
+    """Conv2D, BatchNormalization, ReLU (and a MaxPooling2D): in training the four ops one by one
+    (BatchNormalization needs the batch's statistics), in inference one op with the normalisation
+    folded into the convolution::
+
+        s = gamma / sqrt(moving_variance + epsilon)            (F,)
+        kernel' = kernel * s          bias' = (bias - moving_mean) * s + beta
+
+    so relu(BN(conv(x))) = relu(conv(x, kernel') + bias'), which is the conv kernel with its fused
+    ReLU, or the conv + ReLU + max-pool op (:mod:`npcnn.kernels.fused`) when a pooling follows: the
+    scale s sits inside the convolution's output, so pooling before the bias and the ReLU stays
+    exact whatever the sign of gamma. The fold is recomputed at each call from the current weights
+    (a few thousand values); inference results differ from the unfused layers by float rounding.
+    """
+
+    def __init__(self, conv, bn, relu_op, relu_owner, pool=None):
+        self.conv, self.bn, self.pool = conv, bn, pool
+        self.layers = (conv, bn) + ((relu_owner,) if relu_owner is not bn else ()) + ((pool,) if pool else ())
+        self.inner_steps = [OpStep(conv, conv), OpStep(bn, bn), OpStep(relu_op, relu_owner)] + (
+            [OpStep(pool, pool)] if pool is not None else [])
+
+    def param_slots(self):
+        return [(self.conv, 0), (self.bn, 1)]
+
+    def _inner(self, state):
+        if state.inner is None:
+            state.inner = [LayerState(ws=None if state.ws is None else Workspace(parallel=state.ws.parallel))
+                           for _ in self.inner_steps]
+        for j, st in enumerate(state.inner):
+            st.need_dx = state.need_dx if j == 0 else True
+            if st.ws is not None:
+                st.ws.parallel = state.ws.parallel
+        return state.inner
+
+    def _folded(self):
+        conv, bn = self.conv, self.bn
+        f = conv.filters
+        gamma = bn.params["gamma"] if bn.scale else np.ones(f)
+        beta = bn.params["beta"] if bn.center else np.zeros(f)
+        s = gamma.astype(np.float64) / np.sqrt(bn.buffers["moving_variance"].astype(np.float64) + bn.epsilon)
+        bias = conv.params["bias"].astype(np.float64) if conv.use_bias else 0.0
+        dtype = conv.params["kernel"].dtype
+        kernel = (conv.params["kernel"].astype(np.float64) * s).astype(dtype)
+        return kernel, ((bias - bn.buffers["moving_mean"]) * s + beta).astype(dtype)
+
+    def forward(self, x, state, ctx):
+        if ctx.training:
+            inner = self._inner(state)
+            for step, st in zip(self.inner_steps, inner):
+                x = step.forward(x, st, ctx)
+                st.out_shape = x.shape
+            return x
+        state.cache = None
+        conv, pool = self.conv, self.pool
+        kernel, bias = self._folded()
+        oh, ow, pads = conv.geometry(x.shape)
+        if pool is None:
+            y, _ = K.conv2d_forward(x, kernel, bias, conv.strides, pads, (oh, ow), relu=True, ws=state.ws)
+            return y
+        poh, pow_, ppads = pool.geometry((x.shape[0], oh, ow, conv.filters))
+        p, _ = K.conv2d_relu_maxpool_forward(x, kernel, bias, conv.strides, pads, (oh, ow), pool.pool_size,
+                                             pool.strides, ppads, (poh, pow_), ws=state.ws)
+        return p
+
+    def backward(self, dy, state, ctx):
+        inner = state.inner
+        if inner is None or any(st.out_shape is None for st in inner):
+            raise RuntimeError(f"{self}: backward() needs a preceding forward(x, training=True)")
+        for step, st in zip(reversed(self.inner_steps), reversed(inner)):
+            dy = step.backward(dy, st, ctx)
+        return dy
+
+    def workspace_bytes(self, input_shape, batch_size, need_dx=True):
+        """The training path's buffers: each inner step's (their names do not collide)."""
+        sizes, shape = {}, tuple(input_shape)
+        for j, step in enumerate(self.inner_steps):
+            sizes.update(step.workspace_bytes(shape, batch_size, need_dx if j == 0 else True))
+            shape = tuple(step.op.compute_output_shape(shape))
+        return sizes
+
+
 # ----------------------------------------------------------------------------------------- plan
 def _ops(layers):
     """[(op, layer)]: each layer's op, then its activation (an Activation layer is its activation)."""
@@ -186,6 +275,15 @@ def compile_plan(layers, loss=None, fuse=None):
     while i < len(ops):
         op, layer = ops[i]
         nxt = ops[i + 1][0] if i + 1 < len(ops) else None
+        if (fuse and type(op) is Conv2D and op.activation is None and type(nxt) is BatchNormalization
+                and i + 2 < len(ops) and type(ops[i + 2][0]) is ReLU and ops[i + 1][0].activation is None):
+            relu_op, relu_owner = ops[i + 2]
+            after = ops[i + 3][0] if i + 3 < len(ops) else None
+            pool = after if (type(after) is MaxPooling2D and after is not layers[-1]
+                             and after.activation is None) else None
+            steps.append(ConvBNReLU(op, nxt, relu_op, relu_owner, pool))
+            i += 4 if pool is not None else 3
+            continue
         if type(op) is Conv2D and type(nxt) is ReLU:
             relu_owner = ops[i + 1][1]
             after = ops[i + 2][0] if i + 2 < len(ops) else None
@@ -215,8 +313,8 @@ class Plan:
         #: the loss reads logits (the owned softmax's input, or the outputs with from_logits=True)
         self.logits_loss = self.owns_softmax or from_logits
         self.needs_rng = any(getattr(layer, "needs_rng", False) for step in steps for layer in step.layers)
-        self._param_index = [i for i, s in enumerate(steps) if s.param_layer is not None]
-        self._param_steps = [steps[i] for i in self._param_index]
+        #: (step index, layer, inner index): where each trained layer's gradients land, in layer order
+        self._slots = [(i, layer, j) for i, s in enumerate(steps) for layer, j in s.param_slots()]
 
 
     def new_states(self, parallel=None, workspaces=True):
@@ -265,8 +363,8 @@ class Plan:
             dout = dout * dout.dtype.type(scale)
         self.backward(dout, states, ctx, logits=self.logits_loss)
         if self._regularized:  # weight penalties: the loss gets R(w), the gradients scale * dR/dw
-            for i in self._param_index:
-                st, layer = states[i], self.steps[i].param_layer
+            for i, layer, j in self._slots:
+                st = states[i] if j is None else states[i].inner[j]
                 if not getattr(layer, "regularizers", None):
                     continue
                 for key, reg in layer.regularizers.items():
@@ -280,25 +378,34 @@ class Plan:
 
         A regularizer is any object with ``reg(w) -> float`` and ``reg.gradient(w) -> dR/dw``
         (:mod:`npcnn.regularizers`), kept in ``layer.regularizers`` {param name: regularizer}."""
-        return float(sum(reg(step.param_layer.params[key]) for step in self._regularized
-                         for key, reg in step.param_layer.regularizers.items()))
+        return float(sum(reg(layer.params[key]) for layer in self._regularized
+                         for key, reg in layer.regularizers.items()))
+
+    def _state(self, states, i, j):
+        return states[i] if j is None else states[i].inner[j]
 
     def grads(self, states):
-        """[[gradient per param of the step's layer, in params order] per param step]."""
-        return [[states[i].grads[k] for k in self.steps[i].param_layer.params] for i in self._param_index]
+        """[[gradient per param of the layer, in params order] per trained layer (:attr:`param_layers`)]."""
+        return [[self._state(states, i, j).grads[k] for k in layer.params] for i, layer, j in self._slots]
 
     def updates(self, states):
         """[(layer, {buffer: new value})] declared by the last training forward."""
-        return [(self.steps[i].param_layer, states[i].updates) for i in self._param_index if states[i].updates]
+        out = []
+        for i, layer, j in self._slots:
+            st = self._state(states, i, j)
+            if st.updates:
+                out.append((layer, st.updates))
+        return out
 
     @property
     def _regularized(self):
-        """The steps whose layer has weight penalties (read at each call: they may be set after compiling)."""
-        return [s for s in self._param_steps if getattr(s.param_layer, "regularizers", None)]
+        """The layers with weight penalties (read at each call: they may be set after compiling)."""
+        return [layer for _, layer, _ in self._slots if getattr(layer, "regularizers", None)]
 
     @property
     def param_layers(self):
-        return [s.param_layer for s in self._param_steps]
+        """The layers that a step trains (every model layer with an op of its own), in layer order."""
+        return [layer for _, layer, _ in self._slots]
 
     def workspace_bytes(self, input_shape, batch_size):
         """{(step index, buffer name): bytes} over every step, for a training step of ``batch_size``."""

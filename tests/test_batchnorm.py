@@ -494,7 +494,9 @@ def test_summary_memory_line_matches_the_buffers_a_step_keeps(fuse, monkeypatch)
         finally:
             npcnn.set_num_threads(previous)
     (states,) = model._free_states
-    held = {(i, name): b.nbytes for i, st in enumerate(states) for name, b in st.ws.items()}
+    held = {(i, name): b.nbytes for i, st in enumerate(states)  # a block's inner states too (ConvBNReLU)
+            for inner in [st] + (st.inner or []) for name, b in inner.ws.items()}
+    assert any(st.inner for st in states) == fuse  # Conv2D + BN + ReLU ran as one block
     assert model.plan.workspace_bytes(model.input_shape, 6) == held  # buffer by buffer
     assert any(name.startswith("batchnorm_") for _, name in held)
     assert any(name == "dropout_forward.index" for _, name in held)

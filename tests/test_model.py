@@ -168,7 +168,8 @@ def test_summary_memory_line_matches_the_buffers_a_step_keeps(fuse, monkeypatch)
         finally:
             npcnn.set_num_threads(previous)
     (states,) = model._free_states
-    held = {(i, name): b.nbytes for i, st in enumerate(states) for name, b in st.ws.items()}
+    held = {(i, name): b.nbytes for i, st in enumerate(states)
+            for inner in [st] + (st.inner or []) for name, b in inner.ws.items()}
     assert model.plan.workspace_bytes(model.input_shape, 6) == held  # buffer by buffer
     cols = sum(n for (_, name), n in held.items() if name == "im2col.cols")
     assert model._workspace_bytes(6) == (cols, sum(held.values()) - cols)

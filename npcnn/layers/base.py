@@ -85,9 +85,11 @@ class LayerState:
         out_shape: shape of the last training forward's output (backward checks dy against it).
         info: {name: array} a forward may leave for a learner to inspect (e.g. BatchNormalization's
             batch mean and variance); ``model.trace`` shows it.
+        inner: the states of the steps inside a fused block that runs them one by one in training
+            (:class:`npcnn.plan.ConvBNReLU`), else None.
     """
 
-    __slots__ = ("cache", "ws", "grads", "updates", "need_dx", "out_shape", "info")
+    __slots__ = ("cache", "ws", "grads", "updates", "need_dx", "out_shape", "info", "inner")
 
     def __init__(self, ws=None, need_dx=True):
         self.cache = None
@@ -97,6 +99,7 @@ class LayerState:
         self.need_dx = need_dx
         self.out_shape = None
         self.info = {}
+        self.inner = None
 
     def need_cache(self, owner):
         """The cache, or a clear error when no training forward ran before this backward."""
