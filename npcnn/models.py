@@ -936,13 +936,8 @@ def load_model(filepath, compile=True):
 
 
 
-# The deep model's defaults (issue 14): 30 epochs of batch 64 on the 50,000 CIFAR-10 training images.
-DEEP_EPOCHS, DEEP_BATCH = 30, 64
-DEEP_STEPS = DEEP_EPOCHS * -(-50000 // DEEP_BATCH)  # 30 * 782 = 23,460 updates
-
-
 def cifar10_deep(input_shape=(32, 32, 3), classes=10, compile=True, augment=True, learning_rate=1e-3,
-                 decay_steps=DEEP_STEPS, name="cifar10_deep"):
+                 decay_steps=30 * 782, name="cifar10_deep"):
     """The deeper CIFAR-10 model of issue 14 (552,874 parameters, 1,152 of them non-trainable), in
     Keras notation::
 
@@ -956,8 +951,8 @@ def cifar10_deep(input_shape=(32, 32, 3), classes=10, compile=True, augment=True
 
     Glorot-uniform kernels and zero biases (Keras's defaults). Compiled (when ``compile``) with Adam
     whose learning rate follows ``npcnn.schedules.CosineDecay(learning_rate, decay_steps)`` (from
-    ``learning_rate`` to 0 over ``decay_steps`` updates; the default is 30 epochs of batch 64 on 50,000
-    images; ``decay_steps=None``: a constant rate), 'sparse_categorical_crossentropy' and accuracy.
+    ``learning_rate`` to 0 over ``decay_steps`` updates; the default, 30 * 782, is 30 epochs of batch 64
+    on 50,000 images; ``decay_steps=None``: a constant rate), 'sparse_categorical_crossentropy' and accuracy.
     ``augment=False`` leaves the two augmentation layers out (for timing: they do nothing at inference).
     """
     from npcnn.layers import (

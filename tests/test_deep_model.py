@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from npcnn import schedules
-from npcnn.models import DEEP_STEPS, cifar10_deep
+from npcnn.models import cifar10_deep
 
 # Keras's figures for the same stack, by hand (Conv2D: KH*KW*C*F + F; BatchNormalization: 4*C, of which
 # 2*C (moving mean and variance) non-trainable; Dense: D*U + U; the other layers have none):
@@ -69,8 +69,8 @@ def test_compiled_with_adam_cosine_decay():
     assert type(model.optimizer).__name__ == "Adam"
     sched = model.optimizer.schedule
     assert isinstance(sched, schedules.CosineDecay)
-    assert sched.initial_learning_rate == 1e-3 and sched.decay_steps == DEEP_STEPS == 30 * 782
-    assert sched(0) == pytest.approx(1e-3) and sched(DEEP_STEPS) == pytest.approx(0.0)
+    assert sched.initial_learning_rate == 1e-3 and sched.decay_steps == 30 * 782  # 30 epochs of 782 batches of 64
+    assert sched(0) == pytest.approx(1e-3) and sched(30 * 782) == pytest.approx(0.0)
     assert model.metrics == ["accuracy"]
     assert type(model.loss).__name__ == "SparseCategoricalCrossentropy"
     plain = cifar10_deep(decay_steps=None, learning_rate=5e-4)
