@@ -1,0 +1,106 @@
+"""Same-process A/B of two versions of npcnn: the seed model's training step and inference.
+
+The other version (a git revision of this repository, or a checkout folder) is copied to a temporary
+folder with its package renamed ``npcnn_old`` (imports rewritten), so both load in one process and
+the two are timed round by round, alternating which goes first: machine noise hits both alike.
+Medians of wall time and process CPU time per call, and their ratios (new / old).
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/ab_versions.py --old c936187 \\
+        --rounds 20 --threads 2
+
+The old version's Numba kernels compile on their first call (its cache lands in the temporary copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _copy_old(old, dest):
+    """The old npcnn package as ``dest/npcnn_old`` (a git revision of this repository or a checkout)."""
+    pkg = dest / "npcnn_old"
+    if Path(old).is_dir():
+        shutil.copytree(Path(old) / "npcnn", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", old, "npcnn"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        (dest / "npcnn").rename(pkg)
+    for path in pkg.rglob("*.py"):
+        path.write_text(re.sub(r"\bnpcnn\b", "npcnn_old", path.read_text()))
+    return pkg
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--old", required=True, help="a git revision (e.g. c936187) or a checkout folder")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="npcnn-ab-"))
+    try:
+        _copy_old(args.old, tmp)
+        sys.path.insert(0, str(tmp))
+        import importlib
+
+        from threadpoolctl import threadpool_info
+
+        import npcnn
+        import npcnn.models
+
+        npcnn_old = importlib.import_module("npcnn_old")
+        importlib.import_module("npcnn_old.models")
+
+        for mod in (npcnn, npcnn_old):
+            mod.set_num_threads(args.threads)
+        rng = np.random.default_rng(0)
+        x = rng.random((128, 32, 32, 3), dtype=np.float32)
+        y = rng.integers(0, 10, 128)
+        x256 = rng.random((256, 32, 32, 3), dtype=np.float32)
+        models = {}
+        for name, mod in (("old", npcnn_old), ("new", npcnn)):
+            mod.set_random_seed(0)
+            models[name] = mod.models.cifar10_cnn()
+        cases = {"train b32": lambda m: m.train_on_batch(x[:32], y[:32]),
+                 "train b128": lambda m: m.train_on_batch(x, y),
+                 "predict b256": lambda m: m.predict(x256, batch_size=256)}
+        wall = {(c, v): [] for c in cases for v in models}
+        cpu = {(c, v): [] for c in cases for v in models}
+        for fn in cases.values():  # warm up: JIT, buffers
+            for m in models.values():
+                for _ in range(3):
+                    fn(m)
+        for r in range(args.rounds):
+            for c, fn in cases.items():
+                for v in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                    t, p0 = time.perf_counter(), time.process_time()
+                    fn(models[v])
+                    wall[(c, v)].append(time.perf_counter() - t)
+                    cpu[(c, v)].append(time.process_time() - p0)
+        blas = [(d.get("internal_api"), d.get("architecture"), d.get("num_threads"))
+                for d in threadpool_info() if d.get("user_api") == "blas"]
+        print(f"old {args.old} vs this checkout; threads {args.threads}; rounds {args.rounds}; blas {blas}; "
+              f"load {os.getloadavg()[0]:.2f}")
+        print(f"{'case':<14} {'old ms':>8} {'new ms':>8} {'new/old':>8} {'old cpu':>8} {'new cpu':>8} {'new/old':>8}")
+        for c in cases:
+            o, n = (np.median(wall[(c, v)]) * 1e3 for v in ("old", "new"))
+            oc, nc = (np.median(cpu[(c, v)]) * 1e3 for v in ("old", "new"))
+            print(f"{c:<14} {o:8.2f} {n:8.2f} {n / o:8.3f} {oc:8.2f} {nc:8.2f} {nc / oc:8.3f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
