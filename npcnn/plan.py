@@ -135,7 +135,7 @@ class ConvReLUMaxPool(Step):
     """Conv2D, ReLU and MaxPooling2D as one op (:mod:`npcnn.kernels.fused`): the conv output is
     pooled before the bias and the ReLU, which then run on the pooled values only.
 
-    Shapes: x (N, H, W, C) -> p (N, PH, PW, F), PH x PW the pooled grid."""
+    Shapes: x (N, H, W, C) -> p (N, QH, QW, F): QH x QW the pooled grid (PH x PW is the pooling window)."""
 
     def __init__(self, conv, relu_layer, pool):
         self.conv, self.pool, self.param_layer = conv, pool, conv

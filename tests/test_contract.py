@@ -382,3 +382,10 @@ def test_whole_model_gradcheck_with_a_categorical_loss(smoothing, rng):
     assert all(r.passed for r in gradcheck.check_model(model, x, y))
     records = model.trace(x.astype(np.float32), y)  # trace takes one-hot labels too
     assert records.loss == pytest.approx(model.evaluate(x, y, verbose=0), rel=1e-5)
+
+
+def test_one_set_of_names_for_the_pooling_window_and_the_pooled_grid():
+    """PH x PW is the pooling window everywhere (docs/maxpool2d.md); nothing calls a pooled output (N, PH, PW, F)."""
+    root = PACKAGE.parent
+    texts = [p.read_text() for p in list((root / "docs").glob("*.md")) + list(PACKAGE.rglob("*.py"))]
+    assert not [t for t in texts if "(N, PH, PW, F)" in t or "(N, PH, PW, C)" in t]

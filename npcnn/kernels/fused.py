@@ -9,8 +9,8 @@ The right-hand side adds the bias and applies the ReLU to the pooled values only
 of them for 2x2 pooling) and never writes the full-size activation relu(z + b). Backward, the
 ReLU's mask is needed only where the pooling sends gradient, at the pooled outputs::
 
-    dp_masked = dp * [p > 0]          (N, PH, PW, F)   p: the fused op's output
-    db        = sum of dp_masked over (N, PH, PW)
+    dp_masked = dp * [p > 0]          (N, QH, QW, F)   p: the fused op's output
+    db        = sum of dp_masked over (N, QH, QW)
     dz        = maxpool_backward(dp_masked)             each value to its window's argmax
     dkernel, dx = the convolution's backward GEMMs on dz (see :mod:`npcnn.kernels.conv`)
 
@@ -54,7 +54,7 @@ class FusedCache(NamedTuple):
     """What the fused op's backward needs; both backward twins read both forms.
 
     conv: the :class:`~npcnn.kernels.conv.ConvCache`. pool: the :class:`~npcnn.kernels.pool.PoolCache`.
-    p: (N, PH, PW, F), the fused output, when the Numba forward ran (its conv cache is then
+    p: (N, QH, QW, F), the fused output, when the Numba forward ran (its conv cache is then
     bias-free and without ReLU: the mask is taken at p); None when the twin ran (the conv cache
     holds the ReLU output as in the separate layers).
     """
@@ -74,7 +74,7 @@ def conv2d_relu_maxpool_forward_numpy(x, kernel, bias, strides, pads, out_hw,
         pool_size, pool_strides, pool_pads, pool_out_hw: the pooling's, over the (OH, OW) output.
         ws: passed on to the parts (the NumPy ones ignore it).
     Returns:
-        p: (N, PH, PW, F); cache: a :class:`FusedCache` with p None.
+        p: (N, QH, QW, F); cache: a :class:`FusedCache` with p None.
     """
     y, conv_cache = get_kernel("conv2d_forward", "numpy")(x, kernel, bias, strides, pads, out_hw,
                                                           relu=True, ws=ws)
@@ -87,7 +87,7 @@ def conv2d_relu_maxpool_backward_numpy(dp, cache, need_dx=True, ws=None):
     """Backward of the fused op (readable twin).
 
     Args:
-        dp: (N, PH, PW, F) (never written to). cache: the :class:`FusedCache` of either forward.
+        dp: (N, QH, QW, F) (never written to). cache: the :class:`FusedCache` of either forward.
         need_dx: compute the input gradient. ws: passed on to the parts.
     Returns:
         dx (N, H, W, C) or None, dkernel (KH, KW, C, F), dbias (F,).
