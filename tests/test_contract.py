@@ -389,3 +389,22 @@ def test_one_set_of_names_for_the_pooling_window_and_the_pooled_grid():
     root = PACKAGE.parent
     texts = [p.read_text() for p in list((root / "docs").glob("*.md")) + list(PACKAGE.rglob("*.py"))]
     assert not [t for t in texts if "(N, PH, PW, F)" in t or "(N, PH, PW, C)" in t]
+
+
+# ------------------------------------------------------------------ found by trying npcnn as a Keras user
+def test_sparse_ce_on_probabilities_divides_each_row_by_its_sum_as_keras():
+    """A sigmoid last layer: Keras's sparse and categorical cross-entropies both give 1.04025 here
+    (each row divided by its sum before the clip and the log); npcnn gave 0.19608 for the sparse one."""
+    from npcnn.losses import CategoricalCrossentropy
+
+    m = Sequential([Dense(3, activation="sigmoid", input_shape=(4,))])
+    m.set_weights([np.array([[1, 0, -1], [0, 1, 0], [.5, 0, 0], [0, 0, 1]], "float32"), np.zeros(3, "float32")])
+    x = np.array([[1, 2, 3, 4], [0, 1, 0, 1]], "float32")
+    y = np.array([0, 2])
+    m.compile("sgd", "sparse_categorical_crossentropy")
+    sparse = m.evaluate(x, y, verbose=0)
+    m.compile("sgd", CategoricalCrossentropy())
+    assert sparse == pytest.approx(m.evaluate(x, np.eye(3)[y], verbose=0), rel=1e-6)
+    assert sparse == pytest.approx(1.04025, abs=5e-5)
+    m.compile("sgd", "sparse_categorical_crossentropy")
+    assert all(r.passed for r in gradcheck.check_model(m, x.astype(np.float64), y))

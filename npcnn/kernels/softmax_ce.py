@@ -37,25 +37,34 @@ def sparse_softmax_ce_numpy(logits, labels, ws=None):
 
 
 def sparse_ce_from_probs_numpy(probs, labels, epsilon=1e-7, ws=None):
-    """Sparse cross-entropy on probabilities (from_logits=False without a fused softmax).
+    """Sparse cross-entropy on probabilities (from_logits=False without a fused softmax), as Keras
+    computes it: each row is divided by its sum S, then the label's share q = p[y] / S is clipped to
+    [epsilon, 1 - epsilon]; the gradient is 0 where the clip is active.
 
-    Keras clips probabilities to [epsilon, 1 - epsilon] before the log; the gradient is 0 where
-    the clip is active.
+    loss = -(1/N) sum_n log clip(q_n);   d loss / d p[n, k] = (1 - [k = y_n] / q_n) / (N S_n)
+
+    (for softmax outputs S = 1 and the constant 1 / (N S) is invisible through the softmax's backward).
 
     Args:
-        probs: (N, K) float. labels: (N,) integer in [0, K). epsilon: the clip.
+        probs: (N, K) float (positive rows). labels: (N,) integer in [0, K). epsilon: the clip.
         ws: ignored by the twin.
     Returns:
         loss: scalar mean over the batch (same float type as probs), dprobs: (N, K).
     """
     N = probs.shape[0]
     rows = np.arange(N)
-    picked = probs[rows, labels]
-    clipped = np.clip(picked, epsilon, 1 - epsilon)
+    s = probs[:, :1].copy()  # the row sums, left to right (the Numba version's order, to the bit)
+    for k in range(1, probs.shape[1]):
+        s += probs[:, k:k + 1]
+    q = probs[rows, labels] / s[:, 0]
+    clipped = np.clip(q, epsilon, 1 - epsilon)
     loss = -np.log(clipped).mean(dtype=np.float64)
-    dprobs = np.zeros_like(probs)
-    inside = (picked > epsilon) & (picked < 1 - epsilon)
-    dprobs[rows, labels] = np.where(inside, -1.0 / (N * clipped), 0.0)
+    inside = ((q > epsilon) & (q < 1 - epsilon))[:, None]
+    one = probs.dtype.type(1)
+    inv = one / (probs.dtype.type(N) * s)                      # 1 / (N S), per row
+    dprobs = np.empty_like(probs)
+    dprobs[...] = np.where(inside, inv, 0)                      # every class: 1 / (N S) ...
+    dprobs[rows, labels] = np.where(inside[:, 0], inv[:, 0] * (one - one / clipped), 0)  # ... the label's: - 1 / q
     return probs.dtype.type(loss), dprobs
 
 
@@ -94,22 +103,27 @@ def _softmax_ce_nb(z, labels, dz):
 
 @njit(cache=True, nogil=True, error_model="numpy")  # an empty batch gives NaN, as the twin's mean
 def _ce_from_probs_nb(probs, labels, lo, hi, nf, one, dprobs):
-    """Loss and dprobs (zeroed, then -1 / (N * clip(p)) at each label where the clip is inactive);
-    lo, hi, nf = N and one in the arrays' precision, as NumPy computes the twin."""
+    """Loss and dprobs of :func:`sparse_ce_from_probs_numpy`, row by row (S the row sum, q = p[y] / S):
+    dprobs[n] = (1 - [k = y] / q) / (N S) where the clip is inactive, else 0."""
     N, K = probs.shape
     total = 0.0
     for n in range(N):
-        for k in range(K):
-            dprobs[n, k] = 0
-        q = probs[n, labels[n]]
+        s = probs[n, 0]  # the row sum in the arrays' precision, left to right as the twin
+        for k in range(1, K):
+            s += probs[n, k]
+        q = probs[n, labels[n]] / s
         c = q
         if c < lo:
             c = lo
         if c > hi:
             c = hi
         total += np.log(c)
-        if q > lo and q < hi:
-            dprobs[n, labels[n]] = -one / (nf * c)
+        inside = q > lo and q < hi
+        inv = one / (nf * s)
+        for k in range(K):
+            dprobs[n, k] = inv if inside else one - one
+        if inside:
+            dprobs[n, labels[n]] = inv * (one - one / c)
     return -(total / N)
 
 
