@@ -207,51 +207,73 @@ _MODES = ("auto", "min", "max")
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs (at least one), as Keras.
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs (at least one), as Keras 3.
 
     Args:
         monitor: the key of the epoch's logs to watch (``'val_loss'``, ``'val_accuracy'``, ...).
         min_delta: the smallest change that counts as an improvement.
         patience: stop after this many epochs in a row without improvement (0 acts as 1), as Keras does.
+        verbose: 1 prints the epoch where training stopped and when the best weights are restored.
         mode: 'min', 'max', or 'auto' ('max' when the name contains 'acc', else 'min').
-        restore_best_weights: put back the weights of the best epoch when stopping.
+        baseline: a value the monitor must beat: epochs that improve on the best but not on it still count
+            as waiting.
+        restore_best_weights: at the end of training (stopped early or not) put back the weights of the
+            best epoch, as Keras 3 does.
+        start_from_epoch: epochs to train before the monitor is watched at all (a warm-up).
     Raises:
-        ValueError: an unknown ``mode`` (the closest valid one is suggested), a negative ``patience``
-            or a ``min_delta`` that is not a finite number.
+        ValueError: an unknown ``mode`` (the closest valid one is suggested), a negative ``patience`` or
+            ``start_from_epoch``, or a ``min_delta``/``baseline`` that is not a finite number.
     Warns:
         UserWarning, once per ``fit``, when ``monitor`` is not in the epoch's logs (as Keras:
         "Early stopping conditioned on metric `val_acc` which is not available. Available metrics
         are: loss,accuracy,val_loss,val_accuracy").
 
-    Its state (best value, wait count, stopped epoch, best weights) goes into training checkpoints
-    (:meth:`get_state`); after :meth:`set_state` the next ``fit`` continues from it instead of starting
-    afresh, so a resumed run stops where the uninterrupted one does.
+    ``best`` is the best value seen, as logged. The state (best value, wait count, stopped epoch, best
+    weights) goes into training checkpoints (:meth:`get_state`); after :meth:`set_state` the next ``fit``
+    continues from it, so a resumed run stops where the uninterrupted one does; one resumed from the epoch
+    where it had stopped trains no further.
     """
 
-    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto", restore_best_weights=False):
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto", baseline=None,
+                 restore_best_weights=False, start_from_epoch=0):
         if not isinstance(monitor, str):
             raise TypeError(f"EarlyStopping: monitor must be the name of a metric, got {monitor!r}")
         if not isinstance(mode, str) or mode not in _MODES:
             raise ValueError(f"EarlyStopping: unknown mode {mode!r}" + did_you_mean(mode, _MODES))
-        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
-            raise ValueError(f"EarlyStopping: patience must be a non-negative integer, got {patience!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(min_delta):
-            raise ValueError(f"EarlyStopping: min_delta must be a finite number, got {min_delta!r}")
+        for name, v in (("patience", patience), ("start_from_epoch", start_from_epoch)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"EarlyStopping: {name} must be a non-negative integer, got {v!r}")
+        for name, v in (("min_delta", min_delta), ("baseline", 0.0 if baseline is None else baseline)):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+                raise ValueError(f"EarlyStopping: {name} must be a finite number, got {v!r}")
+        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+            raise ValueError(f"EarlyStopping: verbose must be 0, 1 or 2, got {verbose!r}")
         self.monitor, self.min_delta, self.patience = monitor, abs(float(min_delta)), int(patience)
+        self.verbose, self.start_from_epoch = int(verbose), int(start_from_epoch)
+        self.baseline = None if baseline is None else float(baseline)
         if mode == "auto":
             mode = "max" if "acc" in monitor else "min"
         self.mode = mode
         self.sign = 1 if mode == "min" else -1
         self.restore_best_weights = bool(restore_best_weights)
-        self.wait, self.best, self.best_weights, self.stopped_epoch = 0, math.inf, None, 0
+        self.wait, self._best, self.best_weights, self.stopped_epoch = 0, math.inf, None, 0
         self._resumed = self._warned = False
+
+    @property
+    def best(self):
+        """The best value of the monitor so far, as logged (inf / -inf before the first epoch)."""
+        return self.sign * self._best
+
+    def _improves(self, value, reference):  # both signed (smaller is better)
+        return value < reference - self.min_delta
 
     def on_train_begin(self, logs=None):
         if self._resumed:  # set_state() before this fit: continue from it
             self._resumed = False
+            if self.stopped_epoch > 0:  # the checkpointed run had already stopped here
+                self.model.stop_training = True
         else:
-            self.wait, self.best, self.best_weights, self.stopped_epoch = 0, math.inf, None, 0
+            self.wait, self._best, self.best_weights, self.stopped_epoch = 0, math.inf, None, 0
         self._warned = False
 
     def on_epoch_end(self, epoch, logs=None):
@@ -263,22 +285,35 @@ class EarlyStopping(Callback):
                 warnings.warn(f"Early stopping conditioned on metric `{self.monitor}` which is not available. "
                               f"Available metrics are: {','.join(map(str, logs))}", UserWarning, stacklevel=2)
             return
-        if self.sign * value < self.best - self.min_delta:
-            self.best, self.wait = self.sign * value, 0
+        if epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.get_weights()  # Keras: something to restore if nothing ever improves
+        self.wait += 1
+        signed = self.sign * value
+        if self._improves(signed, self._best):
+            self._best = signed
             if self.restore_best_weights:
                 self.best_weights = self.model.get_weights()
-        else:
-            self.wait += 1
-            if self.wait >= self.patience and epoch > 0:  # Keras: stop after `patience` epochs without improvement
-                self.stopped_epoch = epoch
-                self.model.stop_training = True
-                if self.restore_best_weights and self.best_weights is not None:
-                    self.model.set_weights(self.best_weights)
+            if self.baseline is None or self._improves(signed, self.sign * self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:  # Keras: stop after `patience` epochs without improvement
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                print("Restoring model weights from the end of the best epoch.")
+            self.model.set_weights(self.best_weights)
 
     def get_state(self):
         """{'wait', 'best' (signed: smaller is better), 'stopped_epoch', 'best_weights' ({'0': array, ...} or None)}."""
         weights = None if self.best_weights is None else {str(i): w for i, w in enumerate(self.best_weights)}
-        return {"wait": int(self.wait), "best": float(self.best), "stopped_epoch": int(self.stopped_epoch),
+        return {"wait": int(self.wait), "best": float(self._best), "stopped_epoch": int(self.stopped_epoch),
                 "best_weights": weights}
 
     def set_state(self, state):
@@ -309,7 +344,7 @@ class EarlyStopping(Callback):
 
                 expected = [(f"best weight {name}", a.shape, a.dtype) for name, a, _ in saving.weight_entries(model)]
                 weights = [a.copy() for a in saving.check_weight_list(weights, expected, where)]
-        self.wait, self.best, self.stopped_epoch = int(state["wait"]), float(best), int(state["stopped_epoch"])
+        self.wait, self._best, self.stopped_epoch = int(state["wait"]), float(best), int(state["stopped_epoch"])
         self.best_weights = weights
         self._resumed = True
 

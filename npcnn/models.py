@@ -582,6 +582,8 @@ class Sequential:
         self.stop_training = False
         cb.on_train_begin()
         for epoch in range(initial_epoch, epochs):
+            if self.stop_training:  # a callback stopped it before this epoch (e.g. a resumed EarlyStopping)
+                break
             cb.on_epoch_begin(epoch)
             order = get_rng().permutation(n) if shuffle else np.arange(n)
             seen = loss_sum = 0.0

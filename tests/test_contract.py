@@ -408,3 +408,78 @@ def test_sparse_ce_on_probabilities_divides_each_row_by_its_sum_as_keras():
     assert sparse == pytest.approx(1.04025, abs=5e-5)
     m.compile("sgd", "sparse_categorical_crossentropy")
     assert all(r.passed for r in gradcheck.check_model(m, x.astype(np.float64), y))
+
+
+def _es_fit(callbacks, epochs=8, initial_epoch=0, model=None, seed=0):
+    rng = np.random.default_rng(seed)
+    x, y = rng.random((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
+    if model is None:
+        npcnn.set_random_seed(1)
+        model = Sequential([Dense(3, activation="softmax", input_shape=(4,))])
+        model.compile(npcnn.optimizers.SGD(2.0), "sparse_categorical_crossentropy")
+    history = model.fit(x, y, epochs=epochs, batch_size=20, verbose=0, validation_split=0.5, shuffle=False,
+                        callbacks=callbacks, initial_epoch=initial_epoch)
+    return model, history
+
+
+def test_early_stopping_restores_the_best_weights_at_the_end_even_without_stopping():
+    """Keras 3 restores best_weights in on_train_end, stopped early or not."""
+    snapshots = []
+
+    class Keep(cbks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append((logs["val_loss"], self.model.get_weights()))
+
+    es = cbks.EarlyStopping(monitor="val_loss", patience=100, restore_best_weights=True)
+    model, history = _es_fit([Keep(), es])
+    assert len(history.epoch) == 8 and es.stopped_epoch == 0
+    best_loss, best_weights = min(snapshots, key=lambda s: s[0])
+    assert snapshots[-1][0] != best_loss  # the last epoch is not the best one here
+    assert es.best == best_loss
+    for a, b in zip(model.get_weights(), best_weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_early_stopping_best_is_the_logged_value_in_max_mode():
+    es = cbks.EarlyStopping(monitor="val_accuracy", patience=100)
+    model = Sequential([Dense(3, activation="softmax", input_shape=(4,))])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    _, history = _es_fit([es], epochs=3, model=model)
+    assert es.best == max(history.history["val_accuracy"]) and es.best >= 0
+
+
+def test_a_run_resumed_at_the_epoch_where_early_stopping_stopped_trains_no_further(tmp_path):
+    from npcnn.checkpoint import TrainingCheckpoint, restore_checkpoint
+
+    def run(epochs, resume=False):
+        es = cbks.EarlyStopping(monitor="val_loss", min_delta=10, patience=2, restore_best_weights=True)
+        npcnn.set_random_seed(1)
+        model = Sequential([Dense(3, activation="softmax", input_shape=(4,))])
+        model.compile("adam", "sparse_categorical_crossentropy")
+        initial = 0
+        if resume:
+            initial = restore_checkpoint(tmp_path / "checkpoint.npz", model, callbacks=[es]).epoch
+        _, history = _es_fit([es, TrainingCheckpoint(tmp_path)], epochs=epochs, initial_epoch=initial, model=model)
+        return model, history, es
+
+    ref, ref_history, ref_es = run(10)
+    assert ref_es.stopped_epoch == 2 and len(ref_history.epoch) == 3  # the checkpoint holds epoch 3, stopped
+    resumed, history, es = run(10, resume=True)
+    assert history.epoch == [] and es.stopped_epoch == 2
+    for a, b in zip(ref.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_early_stopping_baseline_and_start_from_epoch_as_keras():
+    # baseline: an improvement that does not beat the baseline still counts as waiting
+    es = cbks.EarlyStopping(monitor="val_loss", patience=2, baseline=-1.0)  # a loss never below -1
+    _, history = _es_fit([es], epochs=10)
+    assert len(history.epoch) == 3 and es.stopped_epoch == 2
+    # start_from_epoch: the first epochs are not watched at all
+    es = cbks.EarlyStopping(monitor="val_loss", min_delta=10, patience=1, start_from_epoch=4)
+    _, history = _es_fit([es], epochs=10)
+    assert len(history.epoch) == 6 and es.stopped_epoch == 5
+    with pytest.raises(ValueError, match="start_from_epoch"):
+        cbks.EarlyStopping(start_from_epoch=-1)
+    with pytest.raises(ValueError, match="baseline"):
+        cbks.EarlyStopping(baseline=float("nan"))
