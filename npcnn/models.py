@@ -232,12 +232,17 @@ class Sequential:
         """The gradients of the last training step, aligned with :attr:`params`."""
         return [layer.grads[k] for layer in self.layers for k in layer.params]
 
-    trainable_weights = params
+    @property
+    def trainable_weights(self):
+        """The arrays the optimizer trains: the params of every trainable layer, in Keras order."""
+        return [p for layer in self.layers if layer.trainable for p in layer.params.values()]
 
     @property
     def non_trainable_weights(self):
-        """Saved but untrained arrays (e.g. BatchNormalization's moving statistics), in Keras order."""
-        return [b for layer in self.layers for b in layer.buffers.values()]
+        """Saved but untrained arrays, in Keras order: a frozen layer's params (``trainable=False``), then
+        every layer's buffers (e.g. BatchNormalization's moving statistics)."""
+        return ([p for layer in self.layers if not layer.trainable for p in layer.params.values()]
+                + [b for layer in self.layers for b in layer.buffers.values()])
 
     @property
     def weights(self):
@@ -469,11 +474,29 @@ class Sequential:
         loss, out, updates = self._loss_and_grad(x, labels)
         grads = self.grads
         self._check_finite_step(loss, grads, where, epoch, step)
-        self.optimizer.apply(self.params, grads)
+        self._check_updates(updates, where)
+        trained = [(p, g) for layer in self.layers if layer.trainable for p, g in
+                   ((layer.params[k], layer.grads[k]) for k in layer.params)]
+        self.optimizer.apply([p for p, _ in trained], [g for _, g in trained])
+        self._apply_updates(updates)
+        return loss, self._hits(out, labels)
+
+    def _check_updates(self, updates, where):
+        """Refuse NaN/Inf buffer values a training forward declared (e.g. a moving variance that overflowed)
+        before anything changes, as for the gradients."""
+        for layer, new in updates:
+            for k, v in new.items():
+                if not K.all_finite(v):
+                    self.stop_training = True
+                    raise FloatingPointError(
+                        f"{where}: the new {layer.name}/{k} became NaN or Inf; training stopped before this update. "
+                        "Scale the inputs (e.g. x / 255) or lower the learning rate.")
+
+    @staticmethod
+    def _apply_updates(updates):
         for layer, new in updates:
             for k, v in new.items():
                 layer.buffers[k][...] = v
-        return loss, self._hits(out, labels)
 
     def trace(self, x, y=None):
         """Per-layer activations and gradients for one batch (see :func:`npcnn.introspect.trace`)."""
@@ -482,9 +505,16 @@ class Sequential:
         return trace(self, x, y)
 
     def __call__(self, x, training=False):
-        """Outputs for one batch (checked like :meth:`predict`)."""
+        """Outputs for one batch (checked like :meth:`predict`). With ``training=True`` the layers run in
+        training mode and, as in Keras, the buffers they declare (BatchNormalization's moving statistics)
+        are updated; no weight is trained."""
         x = self._check_x(x, "__call__")
-        return self.forward(np.ascontiguousarray(x, dtype=np.float32), training=training)
+        out = self.forward(np.ascontiguousarray(x, dtype=np.float32), training=training)
+        if training:
+            updates = self.plan.updates(self._last_train[0])
+            self._check_updates(updates, "__call__")
+            self._apply_updates(updates)
+        return out
 
     # ------------------------------------------------------------------ public loops
     def train_on_batch(self, x, y):

@@ -228,8 +228,17 @@ def save_weights(model, filepath):
     """Write every weight of ``model`` to an .npz file (no pickle), atomically: temporary file, then rename.
 
     Members are named ``"<layer>/<key>"``; buffers are saved too.
+
+    Raises:
+        ValueError: a Keras file name (``.h5``, ``.hdf5``, ``.keras``): npcnn writes only ``.npz``, and a zip
+            under an HDF5 name could not be read back by npcnn or Keras.
     """
     model._require_built("save_weights")
+    name = os.fspath(filepath)
+    if name.lower().endswith((".h5", ".hdf5", ".keras")):
+        raise ValueError(f"save_weights: {name!r} names a Keras file; npcnn writes its weights as .npz "
+                         f"(e.g. {os.path.splitext(name)[0].removesuffix('.weights') + '.weights.npz'!r}); "
+                         "load_weights reads Keras's .weights.h5 files")
     return write_npz(filepath, {name: a for name, a, _ in weight_entries(model)})
 
 

@@ -483,3 +483,58 @@ def test_early_stopping_baseline_and_start_from_epoch_as_keras():
         cbks.EarlyStopping(start_from_epoch=-1)
     with pytest.raises(ValueError, match="baseline"):
         cbks.EarlyStopping(baseline=float("nan"))
+
+
+@pytest.mark.parametrize("name", ["m.weights.h5", "m.h5", "m.keras", "m.HDF5"])
+def test_save_weights_refuses_keras_file_names(tmp_path, name):
+    model = Sequential([Dense(3, input_shape=(4,))])
+    with pytest.raises(ValueError, match="npcnn writes its weights as .npz"):
+        model.save_weights(tmp_path / name)
+    assert not list(tmp_path.iterdir())
+
+
+def test_frozen_layers_are_not_trained_and_counted_as_keras(rng):
+    from npcnn.layers import BatchNormalization
+
+    npcnn.set_random_seed(0)
+    model = Sequential([Conv2D(2, 3, input_shape=(6, 6, 2), trainable=False), BatchNormalization(trainable=False),
+                        Flatten(), Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert any(line.startswith("Trainable params: 99 ") for line in lines)  # Dense (4*4*2)*3 + 3
+    assert any(line.startswith("Non-trainable params: 46 ") for line in lines)  # conv 3*3*2*2 + 2 = 38, BN 2*4
+    frozen = [w.copy() for w in model.get_weights()[:6]]
+    x, y = rng.random((8, 6, 6, 2)).astype(np.float32), np.arange(8) % 3
+    dense_before = model.layers[-1].params["kernel"].copy()
+    model.fit(x, y, epochs=2, verbose=0)
+    for a, b in zip(frozen, model.get_weights()[:6]):  # conv kernel, bias; BN gamma, beta, moving mean, var
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(dense_before, model.layers[-1].params["kernel"])
+    assert len(model.trainable_weights) == 2 and len(model.non_trainable_weights) == 6
+    # the frozen BN runs in inference mode (Keras 3), and its backward is checked like any other
+    assert all(r.passed for r in gradcheck.check_model(model, gradcheck.spread_input((3, 6, 6, 2), rng),
+                                                      np.array([0, 1, 2])))
+    assert model.layers[0].get_config()["trainable"] is False
+
+
+def test_model_call_in_training_mode_updates_batchnorm_statistics_as_keras():
+    from npcnn.layers import BatchNormalization
+
+    model = Sequential([BatchNormalization(input_shape=(4,))])
+    x = np.random.default_rng(0).random((8, 4)).astype(np.float32) * 5
+    model(x, training=True)
+    np.testing.assert_allclose(model.get_weights()[2], 0.01 * x.mean(0), rtol=1e-5)  # momentum 0.99
+    np.testing.assert_allclose(model.get_weights()[3], 0.99 + 0.01 * x.var(0), rtol=1e-5)
+    before = [w.copy() for w in model.get_weights()]
+    model(x)  # inference: nothing changes
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_channels_first_is_refused_with_a_sentence():
+    assert Conv2D(2, 3, data_format="channels_last").built is False
+    with pytest.raises(ValueError, match="channels last"):
+        Conv2D(2, 3, data_format="channels_first")
+    with pytest.raises(ValueError, match="channels last"):
+        MaxPooling2D(data_format="channels_first")

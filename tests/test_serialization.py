@@ -75,7 +75,7 @@ def test_every_registered_layer_has_a_factory_with_non_default_arguments():
 
 def test_configs_use_keras_keys_and_values():
     c = FACTORIES["Conv2D"]().get_config()
-    assert c == {"name": "c", "dtype": "float32", "input_shape": (8, 8, 3), "filters": 4, "kernel_size": (3, 2),
+    assert c == {"name": "c", "dtype": "float32", "trainable": True, "input_shape": (8, 8, 3), "filters": 4, "kernel_size": (3, 2),
                  "strides": (2, 1), "padding": "same", "activation": "relu", "use_bias": False,
                  "kernel_initializer": "he_normal", "bias_initializer": "ones",
                  "kernel_regularizer": {"class_name": "L2", "config": {"l2": 1e-3}},
@@ -84,7 +84,8 @@ def test_configs_use_keras_keys_and_values():
     assert d["activation"] == "linear" and d["kernel_regularizer"] is None
     # an activation a name would rebuild differently is kept as a layer config
     leaky = FACTORIES["Dense"]().get_config()["activation"]
-    assert leaky == {"class_name": "LeakyReLU", "config": {"name": None, "dtype": "float32", "negative_slope": 0.1}}
+    assert leaky == {"class_name": "LeakyReLU", "config": {"name": None, "dtype": "float32", "trainable": True,
+                                                           "negative_slope": 0.1}}
     assert L.Dense(3, activation="leaky_relu").get_config()["activation"] == "leaky_relu"
     bn = L.BatchNormalization().get_config()
     assert {k: bn[k] for k in ("axis", "momentum", "epsilon", "center", "scale")} == \

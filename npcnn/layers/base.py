@@ -114,7 +114,13 @@ class Layer:
 
     needs_rng = False  # True for layers that draw random numbers in training (they use ctx.seed)
 
-    def __init__(self, name=None, input_shape=None, dtype="float32"):
+    def __init__(self, name=None, input_shape=None, dtype="float32", trainable=True, data_format=None):
+        if not isinstance(trainable, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}: trainable must be True or False, got {trainable!r}")
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{type(self).__name__}: data_format={data_format!r} is not supported: npcnn works "
+                             "channels last (N, H, W, C) only; transpose the data with x.transpose(0, 2, 3, 1)")
+        self.trainable = bool(trainable)  # False: the optimizer leaves params alone (Keras's frozen layer)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{type(self).__name__}: name must be a string, got {name!r}")
         self.name = name
@@ -223,7 +229,8 @@ class Layer:
         return int(sum(a.size for _, a, _ in self.weight_items()))
 
     def count_trainable(self) -> int:
-        return int(sum(p.size for p in self.params.values()))
+        """Values the optimizer trains: the params of a trainable layer (0 when ``trainable`` is False)."""
+        return int(sum(p.size for p in self.params.values())) if self.trainable else 0
 
     def get_weights(self):
         """Copies of the weights in Keras order (params such as kernel then bias, then buffers)."""
@@ -247,7 +254,7 @@ class Layer:
         ``{'name', 'dtype'}`` and ``'input_shape'`` when one was given; subclasses add theirs, with
         Keras's keys (e.g. Conv2D's 'filters', 'kernel_size', ...). ``type(layer).from_config(config)``
         gives an equal layer; :func:`npcnn.layers.serialize` adds the class name."""
-        config = {"name": self.name, "dtype": self.dtype.name}
+        config = {"name": self.name, "dtype": self.dtype.name, "trainable": self.trainable}
         if self.input_shape is not None:
             config["input_shape"] = tuple(self.input_shape)
         return config

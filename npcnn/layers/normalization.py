@@ -124,10 +124,13 @@ class BatchNormalization(Layer):
     # --- the op ---------------------------------------------------------------------
     def forward_op(self, x, state, ctx):
         gamma, beta = self._affine(x.shape[-1], self.dtype)
-        if not ctx.training:
-            state.cache = None
-            y, _ = K.batchnorm_forward(x, self.buffers["moving_mean"], self.buffers["moving_variance"], gamma, beta,
-                                       self.epsilon, ws=state.ws)
+        if not ctx.training or not self.trainable:
+            # inference; or a frozen layer, which Keras 3 runs in inference mode even while the model trains
+            # (moving statistics, no updates), an affine map whose backward is dy * gamma / sqrt(var + eps)
+            y, cache = K.batchnorm_forward(x, self.buffers["moving_mean"], self.buffers["moving_variance"], gamma,
+                                           beta, self.epsilon, ws=state.ws)
+            state.cache = (cache, None) if ctx.training else None
+            state.updates = {}
             return y
         # rows of the whole batch (all shards): batch size times the pixels of one sample
         count = (ctx.batch_size or len(x)) * int(np.prod(x.shape[1:-1], dtype=np.int64))
@@ -144,6 +147,13 @@ class BatchNormalization(Layer):
 
     def backward_op(self, dy, state, ctx):
         cache, count = state.need_cache(self._label())
+        if count is None:  # a frozen (inference-mode) forward: y = gamma * (x - mean) * inv_std + beta, affine
+            sums = K.batchnorm_backward_sums(dy, cache, ws=state.ws)
+            state.grads = {k: g for k, g in (("gamma", sums[1]), ("beta", sums[0])) if k in self.params}
+            state.grads = {k: g.astype(self.params[k].dtype) for k, g in state.grads.items()}
+            if not state.need_dx:
+                return None
+            return dy * (cache.gamma * cache.inv_std).astype(dy.dtype)
         sum_dy, sum_dy_xhat = K.batchnorm_backward_sums(dy, cache, ws=state.ws)  # this shard's rows
         grads = {}
         if self.scale:
