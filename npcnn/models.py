@@ -288,6 +288,11 @@ class Sequential:
         return {"name": self.name, "layers": [serialize(layer) for layer in self.layers],
                 "build_input_shape": shape}
 
+    @classmethod
+    def from_config(cls, config):
+        """A new (uncompiled) model from :meth:`get_config`'s dict, as Keras's ``Sequential.from_config``."""
+        return _model_from_dict({"class_name": "Sequential", "config": config}, "Sequential.from_config")
+
     def to_json(self, **kwargs):
         """The architecture as a JSON string ``{'class_name': 'Sequential', 'config': get_config()}``
         (``kwargs`` go to ``json.dumps``, e.g. ``indent=2``)."""
@@ -575,7 +580,7 @@ class Sequential:
 
     def _fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
              initial_epoch):
-        batch_size = positive_int(batch_size, "batch_size", "fit")
+        batch_size = 32 if batch_size is None else positive_int(batch_size, "batch_size", "fit")  # Keras: None = 32
         epochs = positive_int(epochs, "epochs", "fit")
         verbose = check_verbose(verbose, "fit")
         if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)):
@@ -595,7 +600,10 @@ class Sequential:
             validation_data = (x[-n_val:], y[-n_val:])
             x, y = x[:-n_val], y[:-n_val]
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            if isinstance(validation_data, (tuple, list)) and len(validation_data) == 3:
+                raise ValueError("fit: validation_data=(x_val, y_val, sample_weight): npcnn has no sample weights; "
+                                 "pass (x_val, y_val)")
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError(
                     f"fit: validation_data must be a tuple (x_val, y_val), got {type(validation_data).__name__}"
                     + (f" of length {len(validation_data)}" if isinstance(validation_data, (tuple, list)) else "")
@@ -646,7 +654,7 @@ class Sequential:
         """Loss and metrics over (x, y) in batches: [loss, metric...] in compile's order (the loss
         alone without metrics)."""
         self._require_compiled("evaluate")
-        batch_size = positive_int(batch_size, "batch_size", "evaluate")
+        batch_size = 32 if batch_size is None else positive_int(batch_size, "batch_size", "evaluate")
         verbose = check_verbose(verbose, "evaluate")
         if not _checked:
             x, y = self._check_xy(x, y, "evaluate")
@@ -675,7 +683,7 @@ class Sequential:
 
     def predict(self, x, batch_size=32, verbose=0):
         """Model outputs for x, in batches: (N,) + output_shape float32 (probabilities after a softmax)."""
-        batch_size = positive_int(batch_size, "batch_size", "predict")
+        batch_size = 32 if batch_size is None else positive_int(batch_size, "batch_size", "predict")  # Keras: None = 32
         verbose = check_verbose(verbose, "predict")
         x = self._check_x(x, "predict")
         plan = self.plan

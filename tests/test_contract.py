@@ -538,3 +538,46 @@ def test_channels_first_is_refused_with_a_sentence():
         Conv2D(2, 3, data_format="channels_first")
     with pytest.raises(ValueError, match="channels last"):
         MaxPooling2D(data_format="channels_first")
+
+
+def test_small_keras_compatibilities(rng):
+    from npcnn.layers import BatchNormalization, RandomTranslation
+
+    npcnn.set_random_seed(0)
+    model = Sequential([Conv2D(3, 3, input_shape=(6, 6, 2)), BatchNormalization(), ReLU(), Flatten(),
+                        Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = rng.random((8, 6, 6, 2)).astype(np.float32), np.arange(8) % 3
+    # batch_size=None is Keras's default, 32
+    assert len(model.fit(x, y, batch_size=None, epochs=1, verbose=0).epoch) == 1
+    assert model.predict(x, batch_size=None).shape == (8, 3)
+    # sample weights are not silently ignored
+    with pytest.raises(ValueError, match="sample weights"):
+        model.fit(x, y, epochs=1, verbose=0, validation_data=(x, y, np.ones(8)))
+    # a (lower, upper) pair in the wrong order is refused, as Keras does
+    with pytest.raises(ValueError, match="lower <= upper"):
+        RandomTranslation((0.3, -0.2), 0.1)
+    # Sequential.from_config(get_config()) rebuilds the architecture
+    clone = Sequential.from_config(model.get_config())
+    assert [type(layer).__name__ for layer in clone.layers] == [type(layer).__name__ for layer in model.layers]
+    # a conv bias right before BatchNormalization has a true gradient of 0: the whole-model check no longer
+    # reports rounding noise against rounding noise as a failure
+    rows = gradcheck.check_model(model, gradcheck.spread_input((3, 6, 6, 2), rng), np.array([0, 1, 2]))
+    assert all(r.passed for r in rows), rows
+
+
+def test_gradcheck_floor_still_catches_a_small_broken_gradient(monkeypatch, rng):
+    """The model-wide floor (1e-2 of the largest gradient) does not hide a 1% error in an ordinary tensor."""
+    model = Sequential([Flatten(input_shape=(3, 3, 2)), Dense(5, activation="tanh"), Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    orig = Dense.backward_op
+
+    def broken(self, dy, state, ctx):
+        dx = orig(self, dy, state, ctx)
+        if self.name == "dense":  # (gradcheck works on a copy of the model)
+            state.grads["bias"] = state.grads["bias"] * 1.01
+        return dx
+
+    monkeypatch.setattr(Dense, "backward_op", broken)
+    rows = gradcheck.check_model(model, gradcheck.spread_input((4, 3, 3, 2), rng), np.array([0, 1, 2, 0]))
+    assert {(r.layer, r.tensor) for r in rows if not r.passed} == {("dense", "bias")}

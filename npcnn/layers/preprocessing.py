@@ -216,7 +216,10 @@ def _factor_range(factor, name):
     if isinstance(factor, (tuple, list)):
         if len(factor) != 2:
             raise ValueError(f"RandomTranslation: {name} must be a number or a pair (lower, upper), got {factor!r}")
-        lower, upper = sorted((number(factor[0]), number(factor[1])))
+        lower, upper = number(factor[0]), number(factor[1])
+        if lower > upper:
+            raise ValueError(f"RandomTranslation: {name} as a pair is (lower, upper) with lower <= upper, as in "
+                             f"Keras, got {factor!r}")
         return lower, upper
     f = abs(number(factor))
     return -f, f
