@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+import npcnn
+from npcnn.models import cifar10_cnn
+
 # CI runs the property tests on a fixed set of examples (derandomize); locally they explore new ones.
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
-
-import npcnn
-from npcnn.models import cifar10_cnn
 
 
 @pytest.fixture(params=["numpy", "numba"])

@@ -318,8 +318,9 @@ def test_buffers_are_checkpointed_and_restored(tmp_path, data):
 # ------------------------------------------------------------------ issue 11 item 10: callbacks' state
 def _early_run(x, y, tmp_path, split=None, restore_best=False, epochs=8):
     """fit with EarlyStopping(monitor='loss', min_delta=10, patience=2): never 'improves' after epoch 1, so
-    an uninterrupted run stops after epoch 3 (Keras stops after `patience` epochs without improvement). With ``split``, stop after ``split`` epochs, then resume in a
-    fresh model and fresh callbacks from the checkpoint."""
+    an uninterrupted run stops after epoch 3 (Keras stops after `patience` epochs without improvement).
+    With ``split``, stop after ``split`` epochs, then resume in a fresh model and fresh callbacks from the
+    checkpoint."""
     from npcnn.callbacks import EarlyStopping
 
     npcnn.set_random_seed(21)

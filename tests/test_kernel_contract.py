@@ -413,8 +413,8 @@ def test_override_and_gradcheck_catch_a_broken_col2im():
     oh, ow, pads = K.conv_geometry(x.shape, (3, 3), (1, 1), "same")
     for backend in ("numpy", "numba"):
         with npcnn.use_backend(backend):
-            def f():
-                return float(np.sum(K.conv2d_forward(x, kernel, None, (1, 1), pads, (oh, ow))[0] * dy))
+            def f():  # dy: this iteration's, assigned below before f is called
+                return float(np.sum(K.conv2d_forward(x, kernel, None, (1, 1), pads, (oh, ow))[0] * dy))  # noqa: B023
 
             y, cache = K.conv2d_forward(x, kernel, None, (1, 1), pads, (oh, ow))
             dy = rng.standard_normal(y.shape)

@@ -75,7 +75,8 @@ def test_every_registered_layer_has_a_factory_with_non_default_arguments():
 
 def test_configs_use_keras_keys_and_values():
     c = FACTORIES["Conv2D"]().get_config()
-    assert c == {"name": "c", "dtype": "float32", "trainable": True, "input_shape": (8, 8, 3), "filters": 4, "kernel_size": (3, 2),
+    assert c == {"name": "c", "dtype": "float32", "trainable": True, "input_shape": (8, 8, 3), "filters": 4,
+                 "kernel_size": (3, 2),
                  "strides": (2, 1), "padding": "same", "activation": "relu", "use_bias": False,
                  "kernel_initializer": "he_normal", "bias_initializer": "ones",
                  "kernel_regularizer": {"class_name": "L2", "config": {"l2": 1e-3}},
