@@ -114,27 +114,27 @@ def compute_section():
 # ------------------------------------------------------------------ shard sums
 class ShardReducer:
     """``ctx.reduce`` for ``shards`` shards running at once: each shard passes its array, all get the
-    sum (shard 0 + shard 1 + ..., the same bits in every shard). Every shard must call it the same
-    number of times; a shard that fails breaks the barrier so the others stop instead of waiting."""
+    sum (shard 0 + shard 1 + ..., the same bits in every shard, since each adds the same slots in the
+    same order). One barrier per call: the slots alternate between two sets, so a shard already in
+    the next call never overwrites a slot another shard is still adding (it cannot pass that next
+    call's barrier before every shard has finished this one). Every shard must call it the same number
+    of times; a shard that fails breaks the barrier so the others stop instead of waiting."""
 
     def __init__(self, shards):
-        self.slots = [None] * shards
-        self.total = None
+        self.slots = ([None] * shards, [None] * shards)
+        self.calls = [0] * shards
         self.barrier = threading.Barrier(shards)
 
     def for_shard(self, index):
         def reduce(a):
-            self.slots[index] = a
+            slots = self.slots[self.calls[index] % 2]
+            self.calls[index] += 1
+            slots[index] = a
             self.barrier.wait()
-            if index == 0:
-                total = np.array(self.slots[0], copy=True)
-                for s in self.slots[1:]:
-                    total += s
-                self.total = total
-            self.barrier.wait()
-            out = self.total.copy()
-            self.barrier.wait()  # nobody overwrites a slot or the total before all have read it
-            return out
+            total = np.array(slots[0], copy=True)
+            for s in slots[1:]:
+                total += s
+            return total
 
         return reduce
 

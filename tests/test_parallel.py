@@ -141,3 +141,46 @@ def test_sharded_evaluate_loss_is_the_unsharded_loss(two_threads):
     logits = model.forward(x, logits=True)
     npcnn.set_data_parallel(True)
     np.testing.assert_allclose(model.forward(x, logits=True), logits, rtol=1e-5, atol=1e-6)
+
+
+def test_shard_reducer_sums_in_order_across_many_calls_and_uneven_shards():
+    """Every shard gets the same bits (shard 0 + shard 1 + ...) call after call, whatever the timing."""
+    import threading
+    import time
+
+    shards, calls = 3, 40
+    reducer = parallel.ShardReducer(shards)
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((calls, shards, 5)).astype(np.float32)
+    delays = rng.random((calls, shards)) * 1e-3
+    out = np.zeros((shards, calls, 5), np.float32)
+
+    def work(i):
+        reduce = reducer.for_shard(i)
+        for c in range(calls):
+            time.sleep(delays[c, i])
+            out[i, c] = reduce(data[c, i])
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(shards)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=60)
+    expected = (data[:, 0] + data[:, 1]) + data[:, 2]
+    for i in range(shards):
+        np.testing.assert_array_equal(out[i], expected)
+
+
+def test_a_failing_shard_breaks_the_reducer_instead_of_hanging():
+    import threading
+
+    reducer = parallel.ShardReducer(2)
+    with pytest.raises(ValueError, match="boom"):
+        def bad():
+            raise ValueError("boom")
+
+        def good():
+            return reducer.for_shard(1)(np.ones(3))
+
+        parallel.run_shards(lambda f: f(), [(bad,), (good,)], reducer)
+    assert isinstance(threading.BrokenBarrierError(), Exception)
