@@ -9,18 +9,15 @@ from npcnn.layers.base import Layer
 from npcnn.utils import int_pair
 
 
-class MaxPooling2D(Layer):
-    """y[n, oh, ow, c] = max over the window of x; padding (for 'same') is -inf.
-
-    Shapes: x (N, H, W, C); y (N, OH, OW, C); strides default to pool_size (Keras).
-    Backward: each dy element goes to its window's argmax (the first one on ties);
-    overlapping windows add up. Kernels: ``maxpool2d_forward``/``maxpool2d_backward``.
-    """
+class _Pooling2D(Layer):
+    """What MaxPooling2D and AveragePooling2D share: Keras's pool_size / strides (default: the pool
+    size) / padding arguments, their config, the output shape and the window geometry."""
 
     def __init__(self, pool_size=(2, 2), strides=None, padding="valid", name=None, input_shape=None, **kwargs):
         super().__init__(name=name, input_shape=input_shape, **kwargs)
-        self.pool_size = int_pair(pool_size, "pool_size", "MaxPooling2D")
-        self.strides = self.pool_size if strides is None else int_pair(strides, "strides", "MaxPooling2D")
+        owner = type(self).__name__
+        self.pool_size = int_pair(pool_size, "pool_size", owner)
+        self.strides = self.pool_size if strides is None else int_pair(strides, "strides", owner)
         self.padding = K.normalize_padding(padding)
 
     def get_config(self):
@@ -29,15 +26,11 @@ class MaxPooling2D(Layer):
                 "padding": self.padding}
 
     def compute_output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ValueError(
-                f"MaxPooling2D {self.name or ''}: expects inputs of shape (H, W, C) per sample, "
-                f"got {tuple(input_shape)}"
-            )
+        _check_hwc(self, input_shape)
         oh, ow, _ = K.conv_geometry((None,) + tuple(input_shape), self.pool_size, self.strides, self.padding)
         if oh <= 0 or ow <= 0:
             raise ValueError(
-                f"MaxPooling2D {self.name or ''}: a 'valid' {self.pool_size} pool does not fit the input "
+                f"{type(self).__name__} {self.name or ''}: a 'valid' {self.pool_size} pool does not fit the input "
                 f"{tuple(input_shape)[:2]}: the output would be empty. Use padding='same' or a smaller pool."
             )
         return (oh, ow, int(input_shape[-1]))
@@ -45,6 +38,15 @@ class MaxPooling2D(Layer):
     def geometry(self, x_shape):
         """(OH, OW, pads) of this pooling over inputs of shape ``x_shape`` (N, H, W, C)."""
         return K.conv_geometry(x_shape, self.pool_size, self.strides, self.padding)
+
+
+class MaxPooling2D(_Pooling2D):
+    """y[n, oh, ow, c] = max over the window of x; padding (for 'same') is -inf.
+
+    Shapes: x (N, H, W, C); y (N, OH, OW, C); strides default to pool_size (Keras).
+    Backward: each dy element goes to its window's argmax (the first one on ties);
+    overlapping windows add up. Kernels: ``maxpool2d_forward``/``maxpool2d_backward``.
+    """
 
     def forward_op(self, x, state, ctx):
         oh, ow, pads = self.geometry(x.shape)
@@ -66,7 +68,7 @@ class MaxPooling2D(Layer):
 MaxPool2D = MaxPooling2D
 
 
-class AveragePooling2D(Layer):
+class AveragePooling2D(_Pooling2D):
     """y[n, oh, ow, c] = mean of x over the window's cells inside the image (Keras's 'same' padding
     does not count the padded cells: PyTorch's ``count_include_pad=False``).
 
@@ -75,31 +77,6 @@ class AveragePooling2D(Layer):
     Backward: each window's dy / count goes to every cell it covered; overlapping windows add up.
     Kernels: ``avgpool2d_forward``/``avgpool2d_backward`` (npcnn/kernels/avgpool.py).
     """
-
-    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", name=None, input_shape=None, **kwargs):
-        super().__init__(name=name, input_shape=input_shape, **kwargs)
-        self.pool_size = int_pair(pool_size, "pool_size", "AveragePooling2D")
-        self.strides = self.pool_size if strides is None else int_pair(strides, "strides", "AveragePooling2D")
-        self.padding = K.normalize_padding(padding)
-
-    def get_config(self):
-        """Keras's keys: pool_size, strides, padding."""
-        return {**super().get_config(), "pool_size": tuple(self.pool_size), "strides": tuple(self.strides),
-                "padding": self.padding}
-
-    def compute_output_shape(self, input_shape):
-        _check_hwc(self, input_shape)
-        oh, ow, _ = K.conv_geometry((None,) + tuple(input_shape), self.pool_size, self.strides, self.padding)
-        if oh <= 0 or ow <= 0:
-            raise ValueError(
-                f"AveragePooling2D {self.name or ''}: a 'valid' {self.pool_size} pool does not fit the input "
-                f"{tuple(input_shape)[:2]}: the output would be empty. Use padding='same' or a smaller pool."
-            )
-        return (oh, ow, int(input_shape[-1]))
-
-    def geometry(self, x_shape):
-        """(OH, OW, pads) of this pooling over inputs of shape ``x_shape`` (N, H, W, C)."""
-        return K.conv_geometry(x_shape, self.pool_size, self.strides, self.padding)
 
     def forward_op(self, x, state, ctx):
         oh, ow, pads = self.geometry(x.shape)
