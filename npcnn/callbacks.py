@@ -750,6 +750,12 @@ class ModelCheckpoint(Callback):
                            f"(available: {', '.join(['epoch'] + list(map(str, fields)))})") from None
 
     def _write(self, path):
+        from npcnn import distributed
+
+        # under MPI rank 0 writes, and the others wait until the file is complete
+        distributed.root_writes(lambda: self._write_here(path))
+
+    def _write_here(self, path):
         if self.save_weights_only:
             self.model.save_weights(path)
         else:
@@ -827,6 +833,13 @@ class CSVLogger(Callback):
     def on_train_begin(self, logs=None):
         import os
 
+        from npcnn import distributed
+
+        self.keys = None
+        self.writer = None
+        if not distributed.writes_here():  # under MPI rank 0 writes the file
+            self.csv_file = None
+            return
         if self.append:
             if os.path.exists(self.filename):
                 with open(self.filename, encoding="utf-8") as f:
@@ -842,6 +855,8 @@ class CSVLogger(Callback):
         import csv
 
         logs = logs or {}
+        if self.csv_file is None:  # another rank's (under MPI)
+            return
 
         def value(v):
             if isinstance(v, str):

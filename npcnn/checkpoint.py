@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from npcnn import saving
+from npcnn import distributed, saving
 from npcnn.callbacks import Callback
 from npcnn.utils import get_rng_state, set_rng_state
 
@@ -396,7 +396,9 @@ class TrainingCheckpoint(Callback):
             if np.ndim(v) == 0:
                 self.history.setdefault(k, []).append(float(v))
         states = {name: cb.get_state() for name, cb in self._stateful().items()}
-        save_checkpoint(self.path, self.model, epoch + 1, self.history, self.extra, callbacks=states)
+        # under MPI rank 0 writes (every rank holds the same weights), the others wait for the file
+        distributed.root_writes(lambda: save_checkpoint(self.path, self.model, epoch + 1, self.history, self.extra,
+                                                        callbacks=states))
         self.saved_epoch = epoch + 1
 
 

@@ -21,7 +21,7 @@ from npcnn import kernels as K
 from npcnn import losses as losses_mod
 from npcnn import metrics as metrics_mod
 from npcnn import optimizers as optimizers_mod
-from npcnn import parallel, saving
+from npcnn import distributed, parallel, saving
 from npcnn import plan as plan_mod
 from npcnn.layers.base import Context, Layer, _check_input_shape
 from npcnn.threads import get_num_threads
@@ -97,6 +97,7 @@ class Sequential:
         self._plan_key = None
         self._free_states = []  # pooled per-call states (one list of LayerState per step), reused
         self._last_train = None  # (states, ctx) of the last forward(training=True), for backward()
+        self._flat = None  # MPI: the one float32 buffer of a step's gradients and statistics (Allreduce)
         self._locks()
         for layer in layers or []:
             self.add(layer)
@@ -108,13 +109,13 @@ class Sequential:
 
     def __getstate__(self):  # copy/deepcopy/pickle: weights and settings, no locks or run states
         state = dict(vars(self))
-        for k in ("_state_lock", "_fit_lock", "_free_states", "_last_train", "_plan", "_plan_key"):
+        for k in ("_state_lock", "_fit_lock", "_free_states", "_last_train", "_plan", "_plan_key", "_flat"):
             state.pop(k, None)
         return state
 
     def __setstate__(self, state):
         vars(self).update(state)
-        self._plan = self._plan_key = self._last_train = None
+        self._plan = self._plan_key = self._last_train = self._flat = None
         self._free_states = []
         self._locks()
 
@@ -451,32 +452,47 @@ class Sequential:
             else:
                 layer.grads = {k: K.add_arrays([g[i] for g in per_shard]) for i, k in enumerate(layer.params)}
 
-    def _loss_and_grad(self, x, labels):
+    def _loss_and_grad(self, x, labels, total=None, offset=0):
         """Loss and output of a training step on a checked batch; the (summed) gradients land in every
-        layer's ``grads`` and the declared buffer updates are returned, not applied."""
+        layer's ``grads`` and the declared buffer updates are returned, not applied.
+
+        Under MPI, x is this rank's slice of a global batch of ``total`` samples starting at ``offset``:
+        the gradients are scaled by len(x) / total (the ranks' sum is the batch's mean gradient) and the
+        batch statistics of BatchNormalization are summed over the ranks too; the loss is x's mean."""
         plan = self.plan
         n = len(x)
+        total = n if total is None else total
+        world = distributed.world()
+        outer = world.allreduce if world.active else None
         shards = self._shards(n)
         seed = self._step_seed(plan)
         with parallel.compute_section():
             if shards > 1:
                 with self._states(plan, shards, parallel=False) as states:
-                    loss, out = parallel.loss_and_grad(plan, states, x, labels, seed)
+                    loss, out = parallel.loss_and_grad(plan, states, x, labels, seed, total, offset, outer)
                     grads = [plan.grads(s) for s in states]
                     updates = plan.updates(states[0])  # every shard declares the same (whole-batch statistics)
             else:
                 with self._states(plan, 1, parallel=self._parallel_kernels()) as (states,):
-                    ctx = Context(True, seed=seed, batch_size=n)
-                    loss, out = plan.loss_and_grad(x, labels, states, ctx)
+                    ctx = Context(True, seed=seed, sample_offset=offset, batch_size=total, reduce=outer)
+                    loss, out = plan.loss_and_grad(x, labels, states, ctx, scale=n / total)
                     grads = [plan.grads(states)]
                     updates = plan.updates(states)
             self._publish(plan, grads)
         return loss, out, updates
 
-    def _train_step(self, x, labels, where="train_on_batch", epoch=None, step=0):
-        """One update. The loss and gradients are checked for NaN/Inf *before* the optimizer runs,
-        so a bad batch raises FloatingPointError and leaves the weights of the last good step."""
-        loss, out, updates = self._loss_and_grad(x, labels)
+    def _train_step(self, x, labels, where="train_on_batch", epoch=None, step=0, total=None, offset=0):
+        """One update; returns (loss, metric hit counts) of the batch. The loss and gradients are checked
+        for NaN/Inf *before* the optimizer runs, so a bad batch raises FloatingPointError and leaves the
+        weights of the last good step.
+
+        Under MPI (x: this rank's slice of a global batch of ``total`` samples starting at ``offset``)
+        the gradients, the loss and the hit counts of all ranks are summed by one Allreduce before the
+        check, so every rank checks and applies the same numbers."""
+        loss, out, updates = self._loss_and_grad(x, labels, total, offset)
+        hits = self._hits(out, labels)
+        if distributed.world().active:
+            loss, hits = self._allreduce_step(loss * len(x), hits, len(x) if total is None else total)
         grads = self.grads
         self._check_finite_step(loss, grads, where, epoch, step)
         self._check_updates(updates, where)
@@ -484,7 +500,30 @@ class Sequential:
                    ((layer.params[k], layer.grads[k]) for k in layer.params)]
         self.optimizer.apply([p for p, _ in trained], [g for _, g in trained])
         self._apply_updates(updates)
-        return loss, self._hits(out, labels)
+        return loss, hits
+
+    def _allreduce_step(self, loss_sum, hits, total):
+        """MPI: add every rank's trained gradients, loss sum and hit counts with one in-place Allreduce on
+        one contiguous buffer; the layers' ``grads`` become views of it. Returns (mean loss, hits)."""
+        keys = [(layer, k) for layer in self.layers if layer.trainable for k in layer.params]
+        sizes = [layer.params[k].size for layer, k in keys]
+        n_grads = int(sum(sizes))
+        dtype = np.result_type(*[layer.params[k].dtype for layer, k in keys]) if keys else np.float32
+        need = n_grads + 1 + len(hits)
+        if self._flat is None or self._flat.size != need or self._flat.dtype != dtype:
+            self._flat = np.empty(need, dtype=dtype)
+        flat, pos = self._flat, 0
+        for (layer, k), size in zip(keys, sizes):
+            flat[pos:pos + size] = layer.grads[k].reshape(-1)
+            pos += size
+        flat[n_grads] = loss_sum
+        flat[n_grads + 1:] = hits
+        distributed.world().allreduce_(flat)
+        pos = 0
+        for (layer, k), size in zip(keys, sizes):
+            layer.grads[k] = flat[pos:pos + size].reshape(layer.params[k].shape)
+            pos += size
+        return float(flat[n_grads]) / total, [float(h) for h in flat[n_grads + 1:]]
 
     def _check_updates(self, updates, where):
         """Refuse NaN/Inf buffer values a training forward declared (e.g. a moving variance that overflowed)
@@ -527,7 +566,11 @@ class Sequential:
         self._require_compiled("train_on_batch")
         x, y = self._check_xy(x, y, "train_on_batch")
         with self._training("train_on_batch"):
-            loss, hits = self._train_step(self._batch(x, np.arange(len(x))), y, "train_on_batch")
+            # under MPI, x is the global batch: this rank trains on its slice (see npcnn.distributed)
+            distributed.check_global_batches(len(x), len(x), "train_on_batch")
+            a, b = distributed.split(len(x))
+            loss, hits = self._train_step(self._batch(x, np.arange(a, b)), y[a:b], "train_on_batch",
+                                          total=len(x), offset=a)
         return self._result(loss, [h / len(x) for h in hits])
 
     def test_on_batch(self, x, y):
@@ -574,7 +617,7 @@ class Sequential:
                 kernel runs: the whole of x and y is checked once per call.
         """
         self._require_compiled("fit")
-        with self._training("fit"):
+        with self._training("fit"), _rank0_output():
             return self._fit(x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
                              shuffle, initial_epoch)
 
@@ -612,6 +655,12 @@ class Sequential:
 
         n = len(x)
         steps = -(-n // batch_size)
+        world = distributed.world()
+        if world.active:  # MPI: same data and batches everywhere, rank 0's weights, optimizer and RNG
+            distributed.check_global_batches(n, batch_size, "fit")
+            distributed.check_same_data("fit", x, y, *(validation_data or ()))
+            distributed.sync_model(self)
+            verbose = verbose if world.is_root else 0  # one progress bar, rank 0's
         history = cbks.History()
         cb_list = [cbks.ProgbarLogger(verbose, steps=steps, epochs=epochs)] if verbose else []
         cb_list += callbacks + [history]  # Keras's order: the progress bar first, History last
@@ -632,7 +681,12 @@ class Sequential:
                 if shuffle:
                     idx = np.sort(idx)  # same batch content; sorted reads are faster
                 cb.on_train_batch_begin(step)
-                loss, hits = self._train_step(self._batch(x, idx), y[idx], "fit", epoch, step)
+                if world.active:  # this rank's slice of the global batch; the step sums over the ranks
+                    a, b = distributed.split_bounds(len(idx), world.size, world.rank)
+                    loss, hits = self._train_step(self._batch(x, idx[a:b]), y[idx[a:b]], "fit", epoch, step,
+                                                  total=len(idx), offset=a)
+                else:
+                    loss, hits = self._train_step(self._batch(x, idx), y[idx], "fit", epoch, step)
                 seen += len(idx)
                 loss_sum += loss * len(idx)
                 hit_sums = [a + b for a, b in zip(hit_sums, hits)]
@@ -640,6 +694,7 @@ class Sequential:
                 cb.on_train_batch_end(step, logs)
                 if self.stop_training:
                     break
+            distributed.check_in_sync(self, f"fit (epoch {epoch + 1})")
             if validation_data is not None:
                 val = self.evaluate(*validation_data, batch_size=batch_size, verbose=0, _checked=True)
                 val = val if isinstance(val, list) else [val]
@@ -658,23 +713,31 @@ class Sequential:
         verbose = check_verbose(verbose, "evaluate")
         if not _checked:
             x, y = self._check_xy(x, y, "evaluate")
+            distributed.check_same_data("evaluate", x, y)
         n = len(x)
-        steps = -(-n // batch_size)
+        world = distributed.world()
+        # under MPI each rank evaluates its slice of x; the sums are added over the ranks at the end
+        first, last = distributed.split(n)
+        local_n = last - first
+        steps = -(-local_n // batch_size)
         plan = self.plan
         logits = plan.logits_loss
-        # verbose=1: a live bar on a terminal; verbose=2 (or not a terminal): one final line
-        bar = cbks.Progbar(steps, live=None if verbose == 1 else False) if verbose else None
+        # verbose=1: a live bar on a terminal; verbose=2 (or not a terminal): one final line (rank 0 only)
+        bar = cbks.Progbar(steps, live=None if verbose == 1 else False) if verbose and world.is_root else None
         loss_sum = 0.0
         hit_sums = [0.0] * len(self._metric_objects)
         for step in range(steps):
-            sl = slice(step * batch_size, (step + 1) * batch_size)
+            sl = slice(first + step * batch_size, min(last, first + (step + 1) * batch_size))
             out = self._infer(plan, self._batch(x, sl), logits)
             loss, _ = losses_mod.unchecked_compute(self.loss)(out, y[sl], logits=logits)
             loss_sum += float(loss) * len(out)
             hit_sums = [a + b for a, b in zip(hit_sums, self._hits(out, y[sl]))]
             if bar is not None:
-                done = min(n, (step + 1) * batch_size)
+                done = min(local_n, (step + 1) * batch_size)
                 bar.update(step + 1, self._logs(loss_sum / done, [h / done for h in hit_sums]))
+        if world.active:
+            total = world.allreduce(np.array([loss_sum] + hit_sums, dtype=np.float64))
+            loss_sum, hit_sums = float(total[0]), [float(h) for h in total[1:]]
         loss_mean = loss_sum / n + plan.penalty()  # Keras's evaluate reports the loss with the weight penalties
         result = self._result(loss_mean, [h / n for h in hit_sums])
         if bar is not None:
@@ -686,18 +749,21 @@ class Sequential:
         batch_size = 32 if batch_size is None else positive_int(batch_size, "batch_size", "predict")  # Keras: None = 32
         verbose = check_verbose(verbose, "predict")
         x = self._check_x(x, "predict")
+        distributed.check_same_data("predict", x)
+        world = distributed.world()
         plan = self.plan
-        steps = -(-len(x) // batch_size)
-        out = np.empty((len(x),) + tuple(self.output_shape), dtype=np.float32)
-        bar = cbks.Progbar(steps) if verbose == 1 else None
+        first, last = distributed.split(len(x))  # under MPI: this rank's slice, gathered at the end
+        steps = -(-(last - first) // batch_size)
+        out = np.empty((last - first,) + tuple(self.output_shape), dtype=np.float32)
+        bar = cbks.Progbar(steps) if verbose == 1 and world.is_root else None
         for step in range(steps):
-            sl = slice(step * batch_size, (step + 1) * batch_size)
-            out[sl] = self._infer(plan, self._batch(x, sl), False)
+            sl = slice(step * batch_size, min(last - first, (step + 1) * batch_size))
+            out[sl] = self._infer(plan, self._batch(x, slice(first + sl.start, first + sl.stop)), False)
             if bar is not None:
                 bar.update(step + 1, {})
         if bar is not None:
             bar.close({})
-        return out
+        return world.gather_rows(out, len(x)) if world.active else out
 
     def predict_on_batch(self, x):
         x = self._check_x(x, "predict_on_batch")
@@ -827,6 +893,18 @@ class Sequential:
         else:
             y = losses_mod.check_labels(y, len(x), self.output_shape[-1], where, "labels")
         return x, y
+
+
+@contextmanager
+def _rank0_output():
+    """Under MPI, the ranks other than 0 print nothing to stdout (progress, callbacks' messages) in the block."""
+    if distributed.writes_here():
+        yield
+        return
+    import contextlib
+
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
 
 
 def _check_callbacks(callbacks):

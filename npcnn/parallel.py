@@ -120,17 +120,31 @@ class ShardReducer:
     call's barrier before every shard has finished this one). Every shard must call it the same number
     of times; a shard that fails breaks the barrier so the others stop instead of waiting."""
 
-    def __init__(self, shards):
+    def __init__(self, shards, outer=None):
         self.slots = ([None] * shards, [None] * shards)
         self.calls = [0] * shards
         self.barrier = threading.Barrier(shards)
+        self.outer = outer  # e.g. a sum over MPI ranks: run by shard 0 on the rank's total
+        self.results = [None, None]
 
     def for_shard(self, index):
         def reduce(a):
-            slots = self.slots[self.calls[index] % 2]
+            parity = self.calls[index] % 2
+            slots = self.slots[parity]
             self.calls[index] += 1
             slots[index] = a
             self.barrier.wait()
+            if self.outer is not None:
+                # shard 0 (the calling thread: MPI is called from one thread only) sums over the ranks;
+                # a second barrier hands its result to the others (results[parity] is written again only
+                # two calls later, after every shard has passed the next call's first barrier)
+                if index == 0:
+                    total = np.array(slots[0], copy=True)
+                    for s in slots[1:]:
+                        total += s
+                    self.results[parity] = self.outer(total)
+                self.barrier.wait()
+                return np.array(self.results[parity], copy=True)
             total = np.array(slots[0], copy=True)
             for s in slots[1:]:
                 total += s
@@ -238,15 +252,22 @@ def _shard_loss_and_grad(plan, states, x, labels, scale, ctx):
     return plan.loss_and_grad(x, labels, states, ctx, scale)
 
 
-def loss_and_grad(plan, shard_states, x, labels, seed=0):
-    """Full-batch loss and output of ``plan`` on (x, labels) over ``len(shard_states)`` shards; each
-    shard's gradients stay in its states (the caller sums them). Returns (loss, out)."""
+def loss_and_grad(plan, shard_states, x, labels, seed=0, total=None, offset=0, outer=None):
+    """Loss and output of ``plan`` on (x, labels) over ``len(shard_states)`` shards; each shard's
+    gradients stay in its states (the caller sums them). Returns (loss, out): the mean loss of x.
+
+    x may be one slice of a larger batch (an MPI rank's): ``total`` samples in all, x starting at
+    ``offset`` in it; each shard's loss gradient is then scaled by n_shard / total, and ``outer``
+    (a sum over the other slices, e.g. :meth:`npcnn.distributed.World.allreduce`) completes the
+    shards' sums of whole-batch statistics."""
     n = len(x)
+    total = n if total is None else total
     shards = len(shard_states)
     bounds = shard_bounds(n, shards)
-    reducer = ShardReducer(shards)
-    jobs = [(plan, states, x[a:b], labels[a:b], (b - a) / n,
-             Context(True, seed=seed, sample_offset=a, batch_size=n, reduce=reducer.for_shard(i), parallel=False))
+    reducer = ShardReducer(shards, outer)
+    jobs = [(plan, states, x[a:b], labels[a:b], (b - a) / total,
+             Context(True, seed=seed, sample_offset=offset + a, batch_size=total, reduce=reducer.for_shard(i),
+                     parallel=False))
             for i, (states, (a, b)) in enumerate(zip(shard_states, bounds))]
     results = run_shards(_shard_loss_and_grad, jobs, reducer)
     loss = sum(float(r[0]) * (b - a) for r, (a, b) in zip(results, bounds)) / n

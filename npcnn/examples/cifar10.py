@@ -5,6 +5,7 @@
     python -m npcnn.examples.cifar10 --checkpoint-dir runs/ckpt            # ... killed ...
     python -m npcnn.examples.cifar10 --checkpoint-dir runs/ckpt --resume   # same final weights
     python -m npcnn.examples.cifar10 --model deep       # the deeper model of issue 14: 30 epochs, batch 64
+    mpiexec -n 2 python -m npcnn.examples.cifar10 --threads 1   # 2 processes (pip install -e ".[mpi]")
 
 Same model as the Keras CIFAR-10 tutorial: three 3x3 Conv2D (32, 64, 64; ReLU) with 2x2
 max-pooling after the first two, Dense(64, ReLU), Dense(10, softmax), optimizer 'adam', loss
@@ -28,6 +29,12 @@ are written before the optional files; a file-system error is one line ``cifar10
 (exit status 130), the last checkpoint intact. The checkpoint records the seed, thread count and
 backend: resuming with another seed is refused, with another thread count or backend warned about
 (the result is then not bit-identical to an uninterrupted run).
+
+Under MPI (``mpiexec -n K``, see :mod:`npcnn.distributed`) every process loads the data and trains on its
+slice of each batch; rank 0 alone prints, writes the checkpoint, history and weights. ``--threads``
+defaults to the machine's cores divided by the processes on it. A checkpoint written by K processes
+resumes with K processes only (another K sums the gradients in another order). An error on one rank
+ends the whole job (``MPI_Abort``) with its message.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ CONFIG_KEYS = ("model", "batch_size", "limit", "data", "schedule")  # must match
 LEGACY_CONFIG = {"model": "seed"}  # what a checkpoint written before --model existed holds
 MODELS = {"seed": {"epochs": 10, "batch_size": 32}, "deep": {"epochs": 30, "batch_size": 64}}  # --model's defaults
 RUNTIME_KEYS = ("threads", "backend", "data_parallel", "fuse")  # warned about when they differ on resume
+# and refused when it differs (MPI processes); absent in checkpoints from before MPI: 1
 CHECKPOINT_NAME = "checkpoint.npz"
 
 
@@ -241,7 +249,11 @@ def runtime_settings():
     """What changes the float32 results without changing the model: threads, backend, data parallelism, fusion."""
     import npcnn
 
-    settings = {"threads": npcnn.get_num_threads(), "backend": npcnn.get_backend()}
+    from npcnn import distributed
+
+    world = distributed.world()
+    settings = {"threads": npcnn.get_num_threads(), "backend": npcnn.get_backend(),
+                "processes": world.size if world.active else 1}
     if hasattr(npcnn, "get_data_parallel"):
         settings["data_parallel"] = bool(npcnn.get_data_parallel())
     try:
@@ -311,24 +323,44 @@ def _epochs_done(progress):
 
 def _run(args, progress):
     import npcnn
+    from npcnn import distributed
     from npcnn.checkpoint import CheckpointError, TrainingCheckpoint, load_checkpoint, restore_checkpoint
 
-    check_outputs(args)
-    if args.threads:
-        set_threads(args.threads)
+    world = distributed.world()
+    distributed.root_first(lambda: check_outputs(args))  # rank 0 writes the files
+    threads = args.threads
+    if threads is None and world.active:  # share this machine's cores among its processes
+        from npcnn.threads import max_threads
+
+        threads = max(1, max_threads() // distributed.local_size())
+    if threads:
+        set_threads(threads)
+    if world.active:
+        import npcnn.threads
+
+        print(f"MPI: {world.size} processes x {npcnn.threads.get_num_threads()} thread(s); each batch of "
+              f"{args.batch_size} is split across the processes; rank 0 prints and writes")
     if args.seed is not None:
         npcnn.set_random_seed(args.seed)
 
     state = None
     if args.checkpoint_dir and args.resume:
         path = os.path.join(args.checkpoint_dir, CHECKPOINT_NAME)
-        if os.path.isfile(path):
-            state = load_checkpoint(path)
+
+        def read():  # rank 0 reads the checkpoint; every rank gets it
+            return load_checkpoint(path) if os.path.isfile(path) else None
+
+        state = distributed.root_first(read)
+        if state is not None:
             progress["epochs_done"] = state.epoch
         else:
             print(f"No checkpoint in {args.checkpoint_dir}; starting from scratch")
 
+    if world.active and not world.is_root:
+        world.barrier()  # rank 0 downloads (and verifies) the data first, the others then read it
     (x_train, y_train), (x_test, y_test), data = load(args)
+    if world.active and world.is_root:
+        world.barrier()
     if args.limit:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
         x_test, y_test = x_test[:args.limit], y_test[:args.limit]
@@ -361,6 +393,13 @@ def _run(args, progress):
             seed_differs = args.seed is not None and saved.get("seed") != args.seed
             if seed_differs:
                 diff.append(f"seed: checkpoint {saved.get('seed')!r}, now {args.seed!r}")
+            saved_k = (state.extra.get("runtime") or {}).get("processes", 1)
+            if saved_k != runtime["processes"]:
+                raise CheckpointError(
+                    f"{ckpt.path}: this checkpoint was written by a run of {saved_k} MPI process(es), this run has "
+                    f"{runtime['processes']}: resume it with the same number (mpiexec -n {saved_k} ...), since "
+                    "another number sums the gradients in another order and would not continue the run exactly; "
+                    "or start a new run in another --checkpoint-dir")
             if diff:
                 raise CheckpointError(f"{ckpt.path}: cannot resume with other settings ({'; '.join(diff)}); "
                                       f"use the same flags{' (or leave --seed out)' if seed_differs else ''} "
@@ -371,7 +410,7 @@ def _run(args, progress):
             ckpt.history = {k: list(v) for k, v in history.items()}
             ckpt.extra["config"]["seed"] = saved.get("seed")
             print(f"Resuming from {ckpt.path}: {initial_epoch} epoch(s) done")
-        elif args.overwrite and os.path.isfile(ckpt.path):
+        elif args.overwrite and distributed.writes_here() and os.path.isfile(ckpt.path):
             os.remove(ckpt.path)  # start over: a later --resume must not find the old run
             print(f"--overwrite: removed the checkpoint in {args.checkpoint_dir}; starting from scratch")
         progress["checkpoint"] = ckpt
@@ -396,6 +435,8 @@ def _run(args, progress):
               "train_seconds_this_run": round(train_time, 3), "config": config, "runtime": runtime,
               "n_train": len(x_train), "n_test": len(x_test)}
 
+    if world.active and not world.is_root:
+        return result  # rank 0 writes the files
     if args.save:  # the weights first: everything after this is optional
         _write(args.save, "the weights", lambda: model.save_weights(args.save))
         print(f"Saved weights to {args.save}")
@@ -470,11 +511,28 @@ def _cli(argv=None, hard_exit=False):
     flushing): no finalizer or thread join half-done by the interrupt can print or wait after that line."""
     import signal
 
+    from npcnn import distributed
+
+    try:
+        world = distributed.world()
+    except distributed.DistributedError as e:  # under mpiexec without mpi4py
+        sys.stderr.write(f"cifar10: error: {e}\n")
+        sys.exit(1)
+    quiet = None
+    if world.active and not world.is_root:  # rank 0 prints; the others only their own errors
+        quiet = sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the whole process)
+    error = None
+
     def fail(message, status=1):
         if status == 130 and sys.stderr.isatty():
             sys.stderr.write("\n")  # after a live progress bar
-        sys.stderr.write(f"cifar10: {message}\n")
+        collective = bool(getattr(error, "collective", False))  # raised on every rank alike
+        if not world.active or world.is_root or not collective:
+            rank = f"rank {world.rank} of {world.size}: " if world.active and not world.is_root else ""
+            sys.stderr.write(f"cifar10: {rank}{message}\n")
         sys.stderr.flush()
+        if world.active and not collective:
+            world.abort(status)  # the other ranks may be waiting for this one: end them all, now
         if status == 130 and hard_exit:
             sys.stdout.flush()
             os._exit(status)
@@ -491,11 +549,16 @@ def _cli(argv=None, hard_exit=False):
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         fail("interrupted", 130)
-    except (RunError, CheckpointError, CIFAR10FormatError) as e:
+    except (RunError, CheckpointError, CIFAR10FormatError, distributed.DistributedError) as e:
+        error = e
         fail(f"error: {e}")
     except OSError as e:  # read-only, disk full, a directory where a file should be, ...
+        error = e
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         fail(f"error: {where}{e.strerror or e}")
+    finally:
+        if quiet is not None:
+            sys.stdout = sys.__stdout__
 
 
 if __name__ == "__main__":
