@@ -440,6 +440,6 @@ def root_writes(fn):
     return result
 
 
-__all__ = ["World", "world", "rank", "size", "is_root", "active", "writes_here", "local", "local_size", "abort", "split",
-           "split_bounds", "sync_model", "check_in_sync", "check_same_data", "check_global_batches",
+__all__ = ["World", "world", "rank", "size", "is_root", "active", "writes_here", "local", "local_size", "abort",
+           "split", "split_bounds", "sync_model", "check_in_sync", "check_same_data", "check_global_batches",
            "weights_checksum", "root_first", "root_writes", "launcher_size", "DistributedError"]

@@ -17,11 +17,11 @@ from contextlib import contextmanager
 import numpy as np
 
 from npcnn import callbacks as cbks
+from npcnn import distributed, parallel, saving
 from npcnn import kernels as K
 from npcnn import losses as losses_mod
 from npcnn import metrics as metrics_mod
 from npcnn import optimizers as optimizers_mod
-from npcnn import distributed, parallel, saving
 from npcnn import plan as plan_mod
 from npcnn.layers.base import Context, Layer, _check_input_shape
 from npcnn.threads import get_num_threads

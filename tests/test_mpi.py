@@ -63,7 +63,8 @@ def mpi(n, *args, timeout=180):
 
 
 def ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, \
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     return proc
 
 
@@ -307,3 +308,18 @@ def test_batches_too_small_for_the_processes_are_refused(monkeypatch):
         distributed.check_global_batches(65, 32, "fit")
     distributed.check_global_batches(66, 32, "fit")
     distributed.check_global_batches(64, 32, "fit")
+
+
+@needs_mpi
+def test_the_scaling_benchmark_runs(tmp_path):
+    """benchmarks/mpi_scaling.py (the README's figures) still runs: 2 steps per configuration."""
+    out = tmp_path / "s.json"
+    proc = ok(run([sys.executable, str(ROOT / "benchmarks" / "mpi_scaling.py"), "--steps", "2", "--warmup", "1",
+                   "--json", str(out)], timeout=300))
+    assert "2 processes x 1 thread (MPI)" in proc.stdout and "Scaling estimate" in proc.stdout
+    import json
+
+    runs = json.loads(out.read_text())["runs"]
+    mpi_run = runs["2 processes x 1 thread (MPI)"]
+    assert mpi_run["processes"] == 2 and mpi_run["gradient_values"] == 122_570
+    assert mpi_run["allreduce_ms_per_step"] > 0

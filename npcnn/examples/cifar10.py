@@ -248,7 +248,6 @@ def _write(path, what, fn):
 def runtime_settings():
     """What changes the float32 results without changing the model: threads, backend, data parallelism, fusion."""
     import npcnn
-
     from npcnn import distributed
 
     world = distributed.world()
