@@ -345,7 +345,7 @@ def check_global_batches(n, batch_size, where):
     small = min(batch_size, last, n)
     if small < w.size:
         what = f"batch_size={batch_size}" if batch_size < w.size or n < w.size else \
-            f"the last batch of an epoch of {n} samples ({last} samples)"
+            f"the last batch of an epoch of {n} samples ({last} sample{'s' if last != 1 else ''})"
         raise ValueError(f"{where}: with {w.size} MPI processes every batch needs at least {w.size} samples, but "
                          f"{what} has fewer; choose a batch_size that divides the samples more evenly, or use fewer "
                          "processes")
