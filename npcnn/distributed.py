@@ -29,7 +29,10 @@ write from rank 0 only, then wait at a barrier, so no rank runs ahead of a check
 Faults: under MPI an uncaught exception on any rank prints ``npcnn: rank r of K: ...`` with the
 traceback and calls ``MPI_Abort``, which ends every process of the job at once (exit status 1; 130
 for Ctrl-C); a killed process ends the job through the launcher. Without that, the other ranks would
-wait in their next collective forever. Do not end one rank with ``sys.exit`` while the others train;
+wait in their next collective forever. A rank that hangs without dying (a deadlock, a stuck file
+system) is caught by ``NPCNN_MPI_TIMEOUT=<seconds>``: a process that waits longer than that in one
+collective aborts the job, naming the collective (off by default: the first collectives may wait
+for rank 0's download of the data). Do not end one rank with ``sys.exit`` while the others train;
 call :func:`abort`.
 
 When MPI is used: when the launcher's environment says the job has more than one process
@@ -96,12 +99,37 @@ class World:
     reductions (``reduce_calls``, ``reduce_seconds``: BatchNormalization's sums, evaluate's totals).
     """
 
-    def __init__(self, comm=None):
+    def __init__(self, comm=None, timeout=None):
         self.comm = comm
         self.rank = comm.Get_rank() if comm is not None else 0
         self.size = comm.Get_size() if comm is not None else 1
         self._local_depth = 0
         self.reset_stats()
+        #: seconds a collective may wait before the job is aborted (None: wait for ever); NPCNN_MPI_TIMEOUT
+        self.timeout = timeout
+        self._waiting = None  # (what, since) while this process waits in a collective
+        if timeout and self.size > 1:
+            threading.Thread(target=self._watchdog, name="npcnn-mpi-watchdog", daemon=True).start()
+
+    @contextlib.contextmanager
+    def _collective(self, what):
+        """Mark the block as waiting in collective ``what`` (the watchdog aborts it after ``timeout``)."""
+        self._waiting = (what, time.monotonic())
+        try:
+            yield
+        finally:
+            self._waiting = None
+
+    def _watchdog(self):
+        """Abort the job when this process has waited in one collective for longer than ``timeout``: another
+        rank hangs (a deadlock, a stuck file system) without dying, which MPI itself would wait out for ever."""
+        while True:
+            time.sleep(min(1.0, self.timeout / 4))
+            waiting = self._waiting
+            if waiting is not None and time.monotonic() - waiting[1] > self.timeout:
+                sys.stderr.write(f"npcnn: rank {self.rank} of {self.size}: waited more than {self.timeout:g} s in "
+                                 f"{waiting[0]} (NPCNN_MPI_TIMEOUT): another rank is stuck; aborting the MPI job\n")
+                self.abort(1)
 
     def reset_stats(self):
         self.stats = {"grad_allreduce_calls": 0, "grad_allreduce_seconds": 0.0, "grad_allreduce_bytes": 0,
@@ -129,7 +157,8 @@ class World:
         if not buf.flags.c_contiguous:
             raise ValueError("allreduce_: the buffer must be C-contiguous")
         t = time.perf_counter()
-        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        with self._collective("the gradient Allreduce"):
+            self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         self.stats["grad_allreduce_seconds"] += time.perf_counter() - t
         self.stats["grad_allreduce_calls"] += 1
         self.stats["grad_allreduce_bytes"] += buf.nbytes
@@ -144,22 +173,30 @@ class World:
         a = np.ascontiguousarray(a)
         out = np.empty_like(a)
         t = time.perf_counter()
-        self.comm.Allreduce(a, out, op=MPI.SUM)
+        with self._collective("an Allreduce"):
+            self.comm.Allreduce(a, out, op=MPI.SUM)
         self.stats["reduce_seconds"] += time.perf_counter() - t
         self.stats["reduce_calls"] += 1
         return out
 
     def bcast(self, obj, root=0):
         """Rank ``root``'s (picklable) ``obj`` on every rank."""
-        return self.comm.bcast(obj, root=root) if self.active else obj
+        if not self.active:
+            return obj
+        with self._collective("a broadcast"):
+            return self.comm.bcast(obj, root=root)
 
     def allgather(self, obj):
         """[obj of rank 0, obj of rank 1, ...] on every rank."""
-        return self.comm.allgather(obj) if self.active else [obj]
+        if not self.active:
+            return [obj]
+        with self._collective("an allgather"):
+            return self.comm.allgather(obj)
 
     def barrier(self):
         if self.active:
-            self.comm.Barrier()
+            with self._collective("a barrier"):
+                self.comm.Barrier()
 
     def gather_rows(self, local, total):
         """Concatenate every rank's ``local`` rows (rank order) into one (total,) + row-shape array on every rank."""
@@ -175,7 +212,8 @@ class World:
         out = np.empty((total,) + local.shape[1:], dtype=local.dtype)
         sizes = [c * row for c in counts]
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64).tolist()
-        self.comm.Allgatherv(local, [out, sizes, offsets, MPI._typedict[local.dtype.char]])
+        with self._collective("an Allgatherv"):
+            self.comm.Allgatherv(local, [out, sizes, offsets, MPI._typedict[local.dtype.char]])
         return out
 
     def abort(self, status=1):
@@ -209,11 +247,25 @@ def world() -> World:
                         f"mpi4py cannot be imported ({e}); install it with: pip install -e \".[mpi]\" (mpi4py and "
                         "an MPI runtime), or run without mpiexec") from None
                 comm = MPI.COMM_WORLD
-            w = World(comm)
+            w = World(comm, timeout=_timeout_setting())
             if w.size > 1:
                 _install_abort_hooks(w)
             _world = w
     return _world
+
+
+def _timeout_setting():
+    """NPCNN_MPI_TIMEOUT: seconds (a positive number), or unset / empty / 0 for no limit."""
+    value = os.environ.get("NPCNN_MPI_TIMEOUT", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise DistributedError(f"NPCNN_MPI_TIMEOUT must be a number of seconds, got {value!r}") from None
+    if seconds < 0 or seconds != seconds:
+        raise DistributedError(f"NPCNN_MPI_TIMEOUT must be a non-negative number of seconds, got {value!r}")
+    return seconds or None
 
 
 def rank() -> int:

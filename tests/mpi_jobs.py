@@ -7,6 +7,7 @@ also runs without mpiexec (a world of one), which gives the 1-process reference.
     infer      evaluate and predict the seed model on 100 sample images
     raise      train; rank ``--rank`` raises ValueError in its third step
     kill       train; rank ``--rank`` kills itself (SIGKILL) in its third step
+    hang       train; rank ``--rank`` sleeps for 120 s in its third step (run with NPCNN_MPI_TIMEOUT)
     drift      train; rank ``--rank`` changes a weight after its second step (the epoch check must see it)
     baddata    rank ``--rank`` holds other labels than the others
 """
@@ -77,13 +78,17 @@ def main(argv=None):
             if args.job == "kill":
                 sys.stdout.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
+            if args.job == "hang":
+                import time
+
+                time.sleep(120)
 
         def on_train_batch_end(self, batch, logs=None):
             if args.job == "drift" and me == args.rank and batch == 1:
                 layer = self.model.layers[0]
                 layer.params["kernel"][0, 0, 0, 0] += 1e-3
 
-    if args.job in ("raise", "kill", "drift"):
+    if args.job in ("raise", "kill", "drift", "hang"):
         callbacks.append(Fault())
     if args.job == "baddata" and me == args.rank:
         y = (y + 1) % 10

@@ -58,8 +58,8 @@ def run(cmd, timeout=180, env=None):
     return proc
 
 
-def mpi(n, *args, timeout=180):
-    return run([MPIEXEC, "-n", str(n), sys.executable, *args], timeout=timeout)
+def mpi(n, *args, timeout=180, env=None):
+    return run([MPIEXEC, "-n", str(n), sys.executable, *args], timeout=timeout, env=env)
 
 
 def ok(proc):
@@ -159,6 +159,27 @@ def test_a_killed_rank_ends_the_job(tmp_path):
     proc = mpi(2, JOBS, "kill", str(tmp_path / "x"), timeout=120)
     assert proc.returncode != 0
     assert proc.seconds < 60, f"the job took {proc.seconds:.0f} s to end"
+
+
+@needs_mpi
+def test_a_rank_that_hangs_is_caught_by_the_timeout(tmp_path):
+    """A rank stuck without dying (here: asleep for 120 s) is invisible to MPI; with NPCNN_MPI_TIMEOUT=3 the
+    rank waiting for it aborts the job after 3 s, naming the collective."""
+    proc = mpi(2, JOBS, "hang", str(tmp_path / "x"), timeout=120, env=clean_env(NPCNN_MPI_TIMEOUT="3"))
+    assert proc.returncode != 0
+    assert "waited more than 3 s in the gradient Allreduce" in proc.stderr, proc.stderr[-2000:]
+    assert proc.seconds < 60, f"the job took {proc.seconds:.0f} s to end"
+
+
+def test_mpi_timeout_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("NPCNN_MPI_TIMEOUT", "")
+    assert distributed._timeout_setting() is None
+    monkeypatch.setenv("NPCNN_MPI_TIMEOUT", "2.5")
+    assert distributed._timeout_setting() == 2.5
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv("NPCNN_MPI_TIMEOUT", bad)
+        with pytest.raises(distributed.DistributedError, match="NPCNN_MPI_TIMEOUT"):
+            distributed._timeout_setting()
 
 
 @needs_mpi
