@@ -45,6 +45,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rank", type=int, default=1)
+    p.add_argument("--sgd", action="store_true", help="plain SGD (lr 0.1): the step is proportional to the gradient")
     args = p.parse_args(argv)
 
     import npcnn
@@ -57,6 +58,11 @@ def main(argv=None):
     me = world.rank
     path = f"{args.out}.{me}of{world.size}.npz"
     model = model_for(args.model)
+    if args.sgd:
+        from npcnn.optimizers import SGD
+
+        model.compile(optimizer=SGD(learning_rate=0.1), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
 
     if args.job == "infer":
         x, y = sample(100)

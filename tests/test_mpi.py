@@ -106,6 +106,18 @@ def test_two_ranks_train_the_seed_model_as_one_process(tmp_path):
 
 
 @needs_mpi
+def test_two_ranks_take_the_mean_gradient_of_the_global_batch(tmp_path):
+    """With plain SGD the step is proportional to the gradient (Adam's is nearly scale-free, so it would hide
+    a rank that forgot to scale its slice's gradient by n_slice / batch_size): 2 ranks equal 1 process."""
+    out = str(tmp_path / "g")
+    ok(mpi(2, JOBS, "steps", out, "--steps", "4", "--sgd"))
+    ok(run([sys.executable, JOBS, "steps", out + "_one", "--steps", "4", "--sgd"]))
+    r0, _ = weights(out + ".0of2.npz")
+    one, _ = weights(out + "_one.0of1.npz")
+    assert max_diff(r0, one) <= 1e-5, f"2 ranks vs 1 process (SGD): max |dw| = {max_diff(r0, one):.3g}"
+
+
+@needs_mpi
 @pytest.mark.slow
 def test_two_ranks_train_the_deep_model_as_one_process(tmp_path):
     """BatchNormalization's statistics are summed over the ranks, Dropout's and the augmentation's draws follow
