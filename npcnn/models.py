@@ -562,7 +562,10 @@ class Sequential:
 
     # ------------------------------------------------------------------ public loops
     def train_on_batch(self, x, y):
-        """One update on one batch; returns [loss, metrics...] measured before the update."""
+        """One update on one batch; returns [loss, metrics...] measured before the update.
+
+        Under MPI x is the global batch and each rank trains on its slice (one Allreduce); unlike ``fit``
+        it does not copy rank 0's weights first: call ``npcnn.distributed.sync_model(model)`` once before."""
         self._require_compiled("train_on_batch")
         x, y = self._check_xy(x, y, "train_on_batch")
         with self._training("train_on_batch"):
