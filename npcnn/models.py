@@ -123,10 +123,24 @@ class Sequential:
     def add(self, layer):
         """Append a layer; build it at once if the input shape is known. A failed add changes nothing.
 
+        An :func:`npcnn.layers.Input` (first, as in Keras 3: ``Sequential([Input(shape=(32, 32, 3)), ...])``)
+        sets the model's input shape instead of adding a layer.
+
         Raises:
             TypeError: not an npcnn layer.
-            ValueError: a duplicate name, or the layer does not fit the previous layer's output.
+            ValueError: a duplicate name, the layer does not fit the previous layer's output, or an Input
+                that does not come first.
         """
+        from npcnn.layers.input import InputLayer
+
+        if isinstance(layer, InputLayer):
+            if self.layers or self.input_shape is not None:
+                raise ValueError(f"Sequential.add: an Input must come first (this model already has "
+                                 f"{'layers' if self.layers else 'an input shape'}); give the model one Input, "
+                                 "before its layers")
+            self.input_shape = layer.per_sample
+            self.output_shape = layer.per_sample
+            return
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add expects an npcnn layer, got {layer!r} ({type(layer).__name__})")
         if any(existing is layer for existing in self.layers):
@@ -1006,6 +1020,11 @@ def _model_from_dict(data, where):
     model = Sequential(name=str(name))
     for i, layer_config in enumerate(layers):
         try:
+            if isinstance(layer_config, dict) and layer_config.get("class_name") == "InputLayer":  # Keras 3's JSON
+                from npcnn.layers.input import InputLayer
+
+                model.add(InputLayer.from_config(layer_config.get("config") or {}))
+                continue
             model.add(deserialize(layer_config))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: layer {i}: {e}") from None

@@ -8,6 +8,7 @@ from npcnn.layers.activations import ELU, GELU, Activation, LeakyReLU, ReLU, Sig
 from npcnn.layers.base import Context, Layer, LayerState
 from npcnn.layers.convolutional import Conv2D, Convolution2D
 from npcnn.layers.core import Dense, Flatten
+from npcnn.layers.input import Input, InputLayer
 from npcnn.layers.normalization import BatchNormalization
 from npcnn.layers.pooling import (
     AveragePooling2D,
@@ -27,7 +28,8 @@ __all__ = ["Layer", "LayerState", "Context", "Conv2D", "Convolution2D", "MaxPool
            "Dense", "ReLU", "Softmax", "Sigmoid", "Tanh", "Activation", "BatchNormalization", "Dropout",
            # issue 13, layers
            "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D", "GlobalAvgPool2D", "GlobalMaxPooling2D",
-           "GlobalMaxPool2D", "ZeroPadding2D", "ELU", "GELU", "LeakyReLU", "RandomFlip", "RandomTranslation"]
+           "GlobalMaxPool2D", "ZeroPadding2D", "ELU", "GELU", "LeakyReLU", "RandomFlip", "RandomTranslation",
+           "Input", "InputLayer"]
 
 
 # --- configs (issue 13 item 8): class name -> class, from __all__ (aliases such as MaxPool2D included)
