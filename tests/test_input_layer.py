@@ -68,3 +68,9 @@ def test_keras3_json_with_an_input_layer_loads():
     back = model_from_json(json.dumps(config))
     assert back.input_shape == (32, 32, 3) and back.count_params() == m.count_params()
     assert InputLayer.from_config({"batch_input_shape": [None, 4], "name": "x"}).shape == (None, 4)  # Keras 2's key
+    # Keras 3.x's flags, as its to_json writes them
+    keras3 = {"batch_shape": [None, 32, 32, 3], "dtype": "float32", "sparse": False, "ragged": False,
+              "name": "input_layer", "optional": False}
+    assert InputLayer.from_config(keras3).shape == (None, 32, 32, 3)
+    with pytest.raises(ValueError, match="sparse=True"):
+        InputLayer.from_config(dict(keras3, sparse=True))

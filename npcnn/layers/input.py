@@ -66,8 +66,9 @@ class InputLayer:
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config.pop("sparse", None)
-        config.pop("ragged", None)
+        for key in ("sparse", "ragged", "optional"):  # Keras 3's flags: npcnn's inputs are dense, never None
+            if config.pop(key, False):
+                raise ValueError(f"InputLayer: {key}=True inputs are not supported by npcnn")
         if "batch_input_shape" in config:  # Keras 2's key
             config["batch_shape"] = config.pop("batch_input_shape")
         return cls(**config)
