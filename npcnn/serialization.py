@@ -30,8 +30,8 @@ import numpy as np
 
 from npcnn import initializers, regularizers
 
-__all__ = ["serialize_initializer", "serialize_regularizer", "serialize_activation", "serialize_object",
-           "deserialize_object", "plain"]
+__all__ = ["from_keras_layer_config", "serialize_initializer", "serialize_regularizer", "serialize_activation",
+           "serialize_object", "deserialize_object", "plain"]
 
 
 def plain(value):
@@ -200,3 +200,85 @@ def deserialize_object(spec, modules, what, where):
         return cls(**config)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: cannot rebuild the {what} {name}({config}): {e}") from None
+
+
+# --------------------------------------------------------------------------- Keras 3's layer configs
+#: Keras 3 layer arguments npcnn has no counterpart for, with the values that mean "not used": a Keras
+#: config holding exactly these loads (the key is dropped); any other value is refused by name.
+KERAS_NEUTRAL = {
+    "dilation_rate": ((1, 1), 1), "groups": (1,), "activity_regularizer": (None,), "kernel_constraint": (None,),
+    "bias_constraint": (None,), "beta_constraint": (None,), "gamma_constraint": (None,),
+    "beta_regularizer": (None,), "gamma_regularizer": (None,), "quantization_config": (None,),
+    "synchronized": (False,), "renorm": (False,), "renorm_clipping": (None,), "lora_rank": (None,),
+    "lora_alpha": (None,), "max_value": (None,), "negative_slope": (0.0,), "threshold": (0.0,),  # ReLU's
+}
+_KERAS_ONLY_IF = {"renorm_momentum": "renorm"}  # meaningful only when that other key is true
+
+
+def _snake(name):
+    import re
+
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def _keras_object(value, kind, key, owner):
+    """A Keras 3 ``{'module', 'class_name', 'config', 'registered_name'}`` dict as npcnn reads it: an
+    initializer by its name (Keras's ``GlorotUniform`` with no seed -> ``'glorot_uniform'``), a regularizer
+    as ``{'class_name', 'config'}``, a dtype policy as its dtype name."""
+    if not isinstance(value, dict) or "class_name" not in value:
+        return value
+    cls, cfg = value["class_name"], dict(value.get("config") or {})
+    if kind == "dtype":
+        return cfg.get("name", "float32") if cls in ("DTypePolicy", "Policy", "FloatDTypePolicy") else value
+    if kind == "initializer":
+        used = {k: v for k, v in cfg.items() if v is not None}
+        if used:
+            raise ValueError(f"{owner}: {key}={cls}({', '.join(f'{k}={v!r}' for k, v in used.items())}): npcnn's "
+                             "initializers take no arguments (seeds come from npcnn.set_random_seed)")
+        return _snake(cls)
+    return {"class_name": cls, "config": cfg}  # a regularizer (npcnn.regularizers.get reads this)
+
+
+def from_keras_layer_config(cls, config):
+    """``config`` (a layer's ``get_config()`` from Keras 3 or from npcnn) as ``cls.from_config`` takes it.
+
+    Keras 3 writes more than npcnn's layers take: its dtype policy, initializer and regularizer objects
+    become npcnn's plain values; the arguments in :data:`KERAS_NEUTRAL` are dropped when they hold their
+    "not used" value (``dilation_rate=(1, 1)``, ``groups=1``, no constraints, ...), and refused by name
+    otherwise (npcnn has no dilated or grouped convolutions, no constraints). npcnn's own configs pass
+    through unchanged.
+
+    Raises:
+        ValueError: a Keras feature npcnn does not have, named with its value.
+    """
+    config = dict(config)
+    owner = cls.__name__
+    if "dtype" in config:
+        config["dtype"] = _keras_object(config["dtype"], "dtype", "dtype", owner)
+    for key in list(config):
+        if key.endswith("_initializer"):
+            config[key] = _keras_object(config[key], "initializer", key, owner)
+        elif key.endswith("_regularizer") and isinstance(config[key], dict):
+            config[key] = _keras_object(config[key], "regularizer", key, owner)
+    accepted = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            accepted |= set(inspect.signature(init).parameters)
+    for key in list(config):
+        if key in accepted:
+            continue
+        value = config[key]
+        if key in _KERAS_ONLY_IF:
+            if not config.get(_KERAS_ONLY_IF[key]):
+                del config[key]
+            continue
+        if key in KERAS_NEUTRAL:
+            neutral = KERAS_NEUTRAL[key]
+            as_tuple = tuple(value) if isinstance(value, list) else value
+            if as_tuple in neutral:
+                del config[key]
+            else:
+                raise ValueError(f"{owner}: Keras's {key}={value!r} is not supported by npcnn (only "
+                                 f"{neutral[0]!r} is)")
+    return config

@@ -68,8 +68,10 @@ def deserialize(config):
     if cls is None:
         raise ValueError(f"deserialize: unknown layer class {config['class_name']!r}"
                          + did_you_mean(config["class_name"], classes))
+    from npcnn.serialization import from_keras_layer_config
+
     try:
-        return cls.from_config(dict(config.get("config") or {}))
+        return cls.from_config(from_keras_layer_config(cls, config.get("config") or {}))
     except TypeError as e:
         raise ValueError(f"deserialize: {config['class_name']} refuses its config: {e}") from None
 
