@@ -117,7 +117,12 @@ def test_deserialize_refuses_unknown_classes_and_bad_configs():
     with pytest.raises(ValueError, match="unknown layer class 'Conv2d'.*Conv2D"):
         L.deserialize({"class_name": "Conv2d", "config": {}})
     with pytest.raises(ValueError, match="Dense refuses its config"):
-        L.deserialize({"class_name": "Dense", "config": {"units": 3, "kernel_constraint": None}})
+        L.deserialize({"class_name": "Dense", "config": {"units": 3, "kernel_constrant": None}})  # a typo
+    # Keras 3 writes kernel_constraint=None into every config: that one loads (npcnn has no constraints),
+    # any real constraint is refused by name
+    assert L.deserialize({"class_name": "Dense", "config": {"units": 3, "kernel_constraint": None}}).units == 3
+    with pytest.raises(ValueError, match="kernel_constraint"):
+        L.deserialize({"class_name": "Dense", "config": {"units": 3, "kernel_constraint": {"class_name": "NonNeg"}}})
     with pytest.raises(ValueError, match="class_name"):
         L.deserialize(["Dense"])
 
