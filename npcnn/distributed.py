@@ -332,6 +332,11 @@ def _install_abort_hooks(w):
     def report_and_abort(exc_type, exc, tb, thread=None):
         status = 130 if issubclass(exc_type, KeyboardInterrupt) else 1
         where = f" (thread {thread.name})" if thread is not None else ""
+        if getattr(exc, "collective", False) and not w.is_root:
+            # raised alike on every rank (a failed check of a collective): rank 0 reports it and aborts;
+            # an Abort from here first could end rank 0 before its message reaches the launcher
+            time.sleep(5.0)
+            w.abort(status)
         try:
             text = "".join(traceback.format_exception(exc_type, exc, tb))
             sys.stderr.write(f"npcnn: rank {w.rank} of {w.size}{where}: uncaught {exc_type.__name__}; "
@@ -346,6 +351,14 @@ def _install_abort_hooks(w):
 
 
 # ---------------------------------------------------------------------------------------------- data
+def collective(exc):
+    """Mark ``exc`` as raised alike on every rank (the outcome of a collective check): an uncaught one is
+    then reported by rank 0 alone. Returns ``exc``."""
+    with contextlib.suppress(AttributeError, TypeError):
+        exc.collective = True
+    return exc
+
+
 def split_bounds(n, parts, index):
     """(start, stop) of part ``index`` of ``parts`` contiguous slices of n items (sizes differ by at most one)."""
     base, extra = divmod(int(n), int(parts))
@@ -377,10 +390,10 @@ def check_same_data(where, *arrays):
     for r, theirs in enumerate(every):
         if theirs != every[0]:
             i = next(i for i, (a, b) in enumerate(zip(theirs, every[0])) if a != b)
-            raise DistributedError(
+            raise collective(DistributedError(
                 f"{where}: the MPI ranks hold different data: argument {i + 1} is {_describe(every[0][i])} on rank 0 "
                 f"but {_describe(theirs[i])} on rank {r}; every rank must load the same x and y (same files, "
-                "same --limit), since each takes its slice of every batch by index")
+                "same --limit), since each takes its slice of every batch by index"))
 
 
 def _describe(fp):
@@ -398,9 +411,9 @@ def check_global_batches(n, batch_size, where):
     if small < w.size:
         what = f"batch_size={batch_size}" if batch_size < w.size or n < w.size else \
             f"the last batch of an epoch of {n} samples ({last} sample{'s' if last != 1 else ''})"
-        raise ValueError(f"{where}: with {w.size} MPI processes every batch needs at least {w.size} samples, but "
-                         f"{what} has fewer; choose a batch_size that divides the samples more evenly, or use fewer "
-                         "processes")
+        raise collective(ValueError(
+            f"{where}: with {w.size} MPI processes every batch needs at least {w.size} samples, but {what} has "
+            "fewer; choose a batch_size that divides the samples more evenly, or use fewer processes"))
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -450,10 +463,10 @@ def check_in_sync(model, where):
     sums = w.allgather(weights_checksum(model))
     bad = [r for r, s in enumerate(sums) if s != sums[0]]
     if bad:
-        raise DistributedError(
+        raise collective(DistributedError(
             f"{where}: the weights of rank(s) {', '.join(map(str, bad))} differ from rank 0's (checksums "
             f"{', '.join(f'{s:08x}' for s in sums)}); the ranks drifted apart, so training stops. Was the model "
-            "changed on one rank only (set_weights, load_weights) during fit?")
+            "changed on one rank only (set_weights, load_weights) during fit?"))
 
 
 def root_first(fn):
@@ -475,9 +488,7 @@ def root_first(fn):
         outcome = ("error", DistributedError(f"root_first: cannot pass rank 0's result to the other ranks ({e})"))
     kind, value = outcome
     if kind == "error":
-        with contextlib.suppress(AttributeError, TypeError):
-            value.collective = True  # raised on every rank: each may exit on its own (no abort needed)
-        raise value
+        raise collective(value)  # raised on every rank: each may exit on its own (no abort needed)
     return value
 
 
@@ -494,4 +505,4 @@ def root_writes(fn):
 
 __all__ = ["World", "world", "rank", "size", "is_root", "active", "writes_here", "local", "local_size", "abort",
            "split", "split_bounds", "sync_model", "check_in_sync", "check_same_data", "check_global_batches",
-           "weights_checksum", "root_first", "root_writes", "launcher_size", "DistributedError"]
+           "weights_checksum", "root_first", "root_writes", "launcher_size", "collective", "DistributedError"]

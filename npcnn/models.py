@@ -827,11 +827,11 @@ class Sequential:
             return
         at = f"epoch {epoch + 1}, batch {step + 1}" if epoch is not None else "this batch"
         self.stop_training = True
-        raise FloatingPointError(
+        raise distributed.collective(FloatingPointError(
             f"{where}: {bad} at {at}; training stopped before this update, so the weights are those of "
             "the last good batch. Lower the learning rate, scale the inputs (e.g. x / 255) or check the "
             "data for extreme values."
-        )
+        ))
 
     def _require_compiled(self, where):
         if not self.compiled:
