@@ -847,8 +847,6 @@ class CSVLogger(Callback):
             mode = "a"
         else:
             mode = "w"
-        self.keys = None
-        self.writer = None
         self.csv_file = open(self.filename, mode, newline="", encoding="utf-8")  # noqa: SIM115 (closed at train end)
 
     def on_epoch_end(self, epoch, logs=None):

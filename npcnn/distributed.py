@@ -58,6 +58,7 @@ import zlib
 
 import numpy as np
 
+from npcnn.parallel import shard_bounds
 from npcnn.utils import env_flag
 
 LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -206,12 +207,13 @@ class World:
 
         local = np.ascontiguousarray(local)
         row = int(np.prod(local.shape[1:], dtype=np.int64))
-        counts = [b - a for a, b in (split_bounds(total, self.size, r) for r in range(self.size))]
+        bounds = shard_bounds(total, self.size)  # the slices split() gave each rank
+        counts = [b - a for a, b in bounds]
         if len(local) != counts[self.rank]:
             raise ValueError(f"gather_rows: rank {self.rank} holds {len(local)} rows, expected {counts[self.rank]}")
         out = np.empty((total,) + local.shape[1:], dtype=local.dtype)
         sizes = [c * row for c in counts]
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64).tolist()
+        offsets = [a * row for a, _ in bounds]
         with self._collective("an Allgatherv"):
             self.comm.Allgatherv(local, [out, sizes, offsets, MPI._typedict[local.dtype.char]])
         return out
@@ -359,17 +361,10 @@ def collective(exc):
     return exc
 
 
-def split_bounds(n, parts, index):
-    """(start, stop) of part ``index`` of ``parts`` contiguous slices of n items (sizes differ by at most one)."""
-    base, extra = divmod(int(n), int(parts))
-    start = index * base + min(index, extra)
-    return start, start + base + (index < extra)
-
-
 def split(n):
     """(start, stop): this rank's slice of n items (everything in a world of one)."""
     w = world()
-    return split_bounds(n, w.size, w.rank) if w.active else (0, int(n))
+    return shard_bounds(n, w.size)[w.rank] if w.active else (0, int(n))
 
 
 def _fingerprint(a, samples=4096):
@@ -504,5 +499,5 @@ def root_writes(fn):
 
 
 __all__ = ["World", "world", "rank", "size", "is_root", "active", "writes_here", "local", "local_size", "abort",
-           "split", "split_bounds", "sync_model", "check_in_sync", "check_same_data", "check_global_batches",
+           "split", "sync_model", "check_in_sync", "check_same_data", "check_global_batches",
            "weights_checksum", "root_first", "root_writes", "launcher_size", "collective", "DistributedError"]

@@ -31,16 +31,12 @@ from npcnn.utils import (
     check_verbose,
     get_rng,
     positive_int,
+    snake_case,
 )
 
 _NUMERIC_KINDS = "biuf"
 _METRICS = metrics_mod.NAMES  # the metric names compile accepts (npcnn.metrics)
 _MODELS = weakref.WeakSet()  # every model, so a forked child gets fresh locks
-
-
-def _snake(name):
-    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
 
 
 def _check_fits(layer, shape):
@@ -147,7 +143,7 @@ class Sequential:
             raise ValueError(f"Sequential.add: layer {layer.name!r} is already in the model (add a new instance)")
         name, counts = layer.name, dict(self._name_counts)
         if name is None:
-            base = _snake(type(layer).__name__)
+            base = snake_case(type(layer).__name__)
             n = counts.get(base, 0)
             name = base if n == 0 else f"{base}_{n}"
             counts[base] = n + 1
@@ -698,12 +694,9 @@ class Sequential:
                 if shuffle:
                     idx = np.sort(idx)  # same batch content; sorted reads are faster
                 cb.on_train_batch_begin(step)
-                if world.active:  # this rank's slice of the global batch; the step sums over the ranks
-                    a, b = distributed.split_bounds(len(idx), world.size, world.rank)
-                    loss, hits = self._train_step(self._batch(x, idx[a:b]), y[idx[a:b]], "fit", epoch, step,
-                                                  total=len(idx), offset=a)
-                else:
-                    loss, hits = self._train_step(self._batch(x, idx), y[idx], "fit", epoch, step)
+                a, b = distributed.split(len(idx))  # under MPI this rank's slice; the step sums over the ranks
+                loss, hits = self._train_step(self._batch(x, idx[a:b]), y[idx[a:b]], "fit", epoch, step,
+                                              total=len(idx), offset=a)
                 seen += len(idx)
                 loss_sum += loss * len(idx)
                 hit_sums = [a + b for a, b in zip(hit_sums, hits)]

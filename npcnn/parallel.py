@@ -134,26 +134,28 @@ class ShardReducer:
             self.calls[index] += 1
             slots[index] = a
             self.barrier.wait()
-            if self.outer is not None:
-                # shard 0 (the calling thread: MPI is called from one thread only) sums over the ranks;
-                # a second barrier hands its result to the others (results[parity] is written again only
-                # two calls later, after every shard has passed the next call's first barrier)
-                if index == 0:
-                    total = np.array(slots[0], copy=True)
-                    for s in slots[1:]:
-                        total += s
-                    self.results[parity] = self.outer(total)
-                self.barrier.wait()
-                return np.array(self.results[parity], copy=True)
-            total = np.array(slots[0], copy=True)
-            for s in slots[1:]:
-                total += s
-            return total
+            if self.outer is None:
+                return _ordered_sum(slots)
+            # shard 0 (the calling thread: MPI is called from one thread only) sums over the ranks; a
+            # second barrier hands its result to the others (results[parity] is written again only two
+            # calls later, after every shard has passed the next call's first barrier)
+            if index == 0:
+                self.results[parity] = self.outer(_ordered_sum(slots))
+            self.barrier.wait()
+            return np.array(self.results[parity], copy=True)
 
         return reduce
 
     def abort(self):
         self.barrier.abort()
+
+
+def _ordered_sum(arrays):
+    """arrays[0] + arrays[1] + ..., in that order, in a new array."""
+    total = np.array(arrays[0], copy=True)
+    for a in arrays[1:]:
+        total += a
+    return total
 
 
 # ------------------------------------------------------------------ threads

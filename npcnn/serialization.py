@@ -29,6 +29,7 @@ import warnings
 import numpy as np
 
 from npcnn import initializers, regularizers
+from npcnn.utils import snake_case
 
 __all__ = ["from_keras_layer_config", "serialize_initializer", "serialize_regularizer", "serialize_activation",
            "serialize_object", "deserialize_object", "plain"]
@@ -215,12 +216,6 @@ KERAS_NEUTRAL = {
 _KERAS_ONLY_IF = {"renorm_momentum": "renorm"}  # meaningful only when that other key is true
 
 
-def _snake(name):
-    import re
-
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
-
-
 def _keras_object(value, kind, key, owner):
     """A Keras 3 ``{'module', 'class_name', 'config', 'registered_name'}`` dict as npcnn reads it: an
     initializer by its name (Keras's ``GlorotUniform`` with no seed -> ``'glorot_uniform'``), a regularizer
@@ -235,7 +230,7 @@ def _keras_object(value, kind, key, owner):
         if used:
             raise ValueError(f"{owner}: {key}={cls}({', '.join(f'{k}={v!r}' for k, v in used.items())}): npcnn's "
                              "initializers take no arguments (seeds come from npcnn.set_random_seed)")
-        return _snake(cls)
+        return snake_case(cls)
     return {"class_name": cls, "config": cfg}  # a regularizer (npcnn.regularizers.get reads this)
 
 

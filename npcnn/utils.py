@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 
@@ -30,6 +31,12 @@ def set_random_seed(seed: int) -> None:
 def get_rng() -> np.random.Generator:
     """Return npcnn's global random generator."""
     return _rng
+
+
+def snake_case(name) -> str:
+    """Keras's class name to name conversion: 'MaxPooling2D' -> 'max_pooling2d', 'GlorotUniform' -> 'glorot_uniform'."""
+    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
 
 
 def did_you_mean(name, choices) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from npcnn import distributed
-from npcnn.parallel import ShardReducer
+from npcnn.parallel import ShardReducer, shard_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = str(ROOT / "tests" / "mpi_jobs.py")
@@ -252,10 +252,11 @@ def test_example_error_under_mpi_is_one_line_per_job(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- no MPI needed
-def test_split_bounds_cover_every_item_once():
+def test_shard_bounds_cover_every_item_once():
+    """The slices of a batch that split() gives the ranks (and the threads their shards)."""
     for n in range(0, 40):
         for parts in range(1, 6):
-            bounds = [distributed.split_bounds(n, parts, r) for r in range(parts)]
+            bounds = shard_bounds(n, parts)
             assert bounds[0][0] == 0 and bounds[-1][1] == n
             assert all(b[1] == c[0] for b, c in zip(bounds, bounds[1:]))
             sizes = [b - a for a, b in bounds]
