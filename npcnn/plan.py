@@ -162,15 +162,20 @@ class ConvReLUMaxPool(Step):
         poh, pow_, _ = pool.geometry((batch_size, oh, ow, conv.filters))
         z = batch_size * oh * ow * conv.filters
         p = batch_size * poh * pow_ * conv.filters
-        cols = batch_size * oh * ow * conv.kernel_size[0] * conv.kernel_size[1] * input_shape[-1]
-        sizes = {"im2col.cols": cols, "conv.out": z, "pool.out": p, "pool.argmax": p,
-                 "fused.dp_masked": p, "fused.db_partial": 2 * min(64, p // conv.filters) * conv.filters,
-                 "pool.dx": z}
+        sizes = {"pool.out": p, "pool.argmax": p, "fused.dp_masked": p,
+                 "fused.db_partial": 2 * min(64, p // conv.filters) * conv.filters, "pool.dx": z}
         if not conv.use_bias:
             sizes["fused.no_bias"] = conv.filters
+        sizes = {k: 4 * v for k, v in sizes.items()}
+        if conv.uses_winograd(input_shape):  # the convolution inside runs by Winograd
+            sizes.update(K.winograd.workspace_bytes((batch_size,) + tuple(input_shape), conv.filters, (oh, ow),
+                                                    need_dx))
+            return sizes
+        cols = batch_size * oh * ow * conv.kernel_size[0] * conv.kernel_size[1] * input_shape[-1]
+        sizes.update({"im2col.cols": 4 * cols, "conv.out": 4 * z})
         if need_dx:
-            sizes.update({"conv.dcols": cols, "col2im.dx": batch_size * int(np.prod(input_shape))})
-        return {k: 4 * v for k, v in sizes.items()}
+            sizes.update({"conv.dcols": 4 * cols, "col2im.dx": 4 * batch_size * int(np.prod(input_shape))})
+        return sizes
 
 
 class ConvBNReLU(Step):

@@ -9,7 +9,8 @@ op file holds its readable NumPy twin (``*_numpy``) and, beside it, its compiled
 * every kernel takes the keyword ``ws=None``: a :class:`~npcnn.kernels.workspace.Workspace` of
   named scratch buffers ("<kernel>.<array>") reused from call to call; with a ``ws`` a kernel's
   outputs are buffers overwritten by the next call with the same ``ws``, with None they are fresh;
-* caches are named tuples shared by both twins (ConvCache, PoolCache, DenseCache, FusedCache);
+* caches are named tuples shared by both twins (ConvCache, PoolCache, DenseCache, FusedCache,
+  WinogradCache);
   the activations' cache is their output array;
 * ``npcnn.kernels.<name>(...)`` dispatches to the active backend's implementation, looked up at
   call time, so :func:`override` and :func:`npcnn.set_backend` apply at once; composite kernels
@@ -36,6 +37,7 @@ from npcnn.kernels import (
     optim,
     pool,
     softmax_ce,
+    winograd,
 )
 from npcnn.kernels.conv import ConvCache
 from npcnn.kernels.dense import DenseCache
@@ -51,6 +53,7 @@ from npcnn.kernels.registry import (
     register,
     register_module,
 )
+from npcnn.kernels.winograd import WinogradCache
 from npcnn.kernels.workspace import Workspace
 
 # The kernel modules; each defines KERNELS = {"name": (numpy_fn, numba_fn)}. Adding a kernel file
@@ -69,6 +72,7 @@ MODULES = (
     avgpool,
     globalpool,
     augment,
+    winograd,
 )
 
 for _module in MODULES:
@@ -124,6 +128,6 @@ def softmax(z, ws=None):
 __all__ = [
     "register", "get_kernel", "conv_geometry", "output_size", "normalize_padding",
     "override", "register_module", "kernel_names", "UnknownKernelError", "Workspace",
-    "ConvCache", "DenseCache", "FusedCache", "PoolCache",
+    "ConvCache", "DenseCache", "FusedCache", "PoolCache", "WinogradCache",
     *_DISPATCHERS, "softmax",
 ]

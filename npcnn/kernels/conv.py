@@ -23,7 +23,9 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from npcnn.kernels import winograd
 from npcnn.kernels.registry import get_kernel
+from npcnn.kernels.winograd import WinogradCache
 
 
 class ConvCache(NamedTuple):
@@ -79,6 +81,8 @@ def conv2d_backward_numpy(dy, cache, need_dx=True, ws=None):
         dx (N, H, W, C) or None, dkernel (KH, KW, C, F), dbias (F,) (also when the forward
         had no bias: the caller ignores it then).
     """
+    if isinstance(cache, WinogradCache):  # from the Numba forward of a 3x3 stride-1 convolution
+        return get_kernel("winograd_backward", "numpy")(dy, cache, need_dx, ws=ws)
     x_shape, cols, kernel, strides, pads, out_hw, y = cache
     KH, KW, C, F = kernel.shape
     d2 = dy.reshape(-1, F)
@@ -182,7 +186,14 @@ def conv2d_forward_numba(x, kernel, bias, strides, pads, out_hw, relu=False, ws=
 
     With a ``ws`` the output y is its buffer "conv.out" and the cache refers to it and to
     "im2col.cols": both valid until the next call with the same ``ws``. With None, fresh arrays.
+
+    A 3x3 stride-1 kernel with enough input channels (:func:`npcnn.kernels.winograd.eligible`) runs
+    the Winograd algorithm instead (``get_kernel("winograd_forward", "numba")``: same result up to
+    float rounding, 2.25x fewer multiplications; its cache is a
+    :class:`~npcnn.kernels.winograd.WinogradCache`, which the backward recognises).
     """
+    if winograd.eligible(kernel.shape, strides, out_hw):
+        return get_kernel("winograd_forward", "numba")(x, kernel, bias, pads, out_hw, relu=relu, ws=ws)
     N = x.shape[0]
     KH, KW, C, F = kernel.shape
     OH, OW = out_hw
@@ -209,9 +220,10 @@ def conv2d_backward_numba(dy, cache, need_dx=True, ws=None):
     ``dy`` is never written. With a ``ws``, dx is its buffer "col2im.dx" (the masked gradient
     and dcols are "conv.dz" and "conv.dcols"); dkernel and dbias are always fresh arrays.
     """
-    x_shape, cols, kernel, strides, pads, out_hw, y = cache
-    KH, KW, C, F = kernel.shape
-    d2 = np.ascontiguousarray(dy.reshape(-1, F), dtype=cols.dtype)
+    y = cache.y
+    F = dy.shape[-1]
+    dtype = (cache.V if isinstance(cache, WinogradCache) else cache.cols).dtype
+    d2 = np.ascontiguousarray(dy.reshape(-1, F), dtype=dtype)
     relu = y is not None
     M = d2.shape[0]
     dz = buffer(ws, "conv.dz", (M, F), d2.dtype) if relu else d2
@@ -228,12 +240,16 @@ def conv2d_backward_gemms(dz, cache, need_dx=True, ws=None):
 
     Args:
         dz: (N*OH*OW, F), the gradient w.r.t. the pre-activation (contiguous, the cache's dtype).
-        cache: a :class:`ConvCache` (its ``y`` is not read).
+        cache: a :class:`ConvCache` (its ``y`` is not read), or a Winograd forward's
+            :class:`~npcnn.kernels.winograd.WinogradCache` (then
+            :func:`~npcnn.kernels.winograd.winograd_backward_gemms`).
         need_dx: compute dx (dcols = dz @ K^T, then col2im, looked up in the registry).
         ws: with a ``ws``, dcols is its buffer "conv.dcols" and dx its buffer "col2im.dx".
     Returns:
         dx (N, H, W, C) or None, dkernel (KH, KW, C, F) (a fresh array).
     """
+    if isinstance(cache, WinogradCache):
+        return winograd.winograd_backward_gemms(dz, cache, need_dx, ws)
     x_shape, cols, kernel, strides, pads, out_hw, _ = cache
     KH, KW, C, F = kernel.shape
     dkernel = gemm(cols.T, dz).reshape(kernel.shape)

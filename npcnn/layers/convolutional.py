@@ -105,20 +105,34 @@ class Conv2D(Layer):
     def workspace_bytes(self, input_shape, batch_size, need_dx=True, relu=False):
         """{buffer: bytes} the conv kernels keep (float32): im2col.cols (pixels, KH*KW*C), conv.out
         (pixels, F); backward: conv.dz (after a fused ReLU), the bias gradient's float64 partial sums
-        (64 row chunks), conv.dcols and col2im.dx (N, H, W, C) when the input gradient is needed."""
+        (64 row chunks), conv.dcols and col2im.dx (N, H, W, C) when the input gradient is needed. A
+        convolution that runs by Winograd keeps that algorithm's buffers instead of the im2col ones
+        (:func:`npcnn.kernels.winograd.workspace_bytes`)."""
         oh, ow, _ = self.geometry((batch_size,) + tuple(input_shape))
         pix = batch_size * oh * ow
-        cols = pix * self.kernel_size[0] * self.kernel_size[1] * input_shape[-1]
-        sizes = {"im2col.cols": 4 * cols, "conv.out": 4 * pix * self.filters,
-                 "conv.db_partial": 8 * min(64, pix) * self.filters}
-        if not self.use_bias:
-            sizes["conv.no_bias"] = 4 * self.filters
+        sizes = {"conv.db_partial": 8 * min(64, pix) * self.filters}
         if relu:
             sizes["conv.dz"] = 4 * pix * self.filters
+        if self.uses_winograd(input_shape):
+            sizes.update(K.winograd.workspace_bytes((batch_size,) + tuple(input_shape), self.filters, (oh, ow),
+                                                    need_dx))
+            return sizes
+        cols = pix * self.kernel_size[0] * self.kernel_size[1] * input_shape[-1]
+        sizes.update({"im2col.cols": 4 * cols, "conv.out": 4 * pix * self.filters})
+        if not self.use_bias:
+            sizes["conv.no_bias"] = 4 * self.filters
         if need_dx:
             sizes["conv.dcols"] = 4 * cols
             sizes["col2im.dx"] = 4 * batch_size * input_shape[0] * input_shape[1] * input_shape[2]
         return sizes
+
+    def uses_winograd(self, input_shape):
+        """Whether the Numba backend computes this convolution on inputs of ``input_shape`` (H, W, C) by
+        Winograd's F(2x2, 3x3) rather than im2col (:func:`npcnn.kernels.winograd.eligible`: 3x3, stride 1,
+        16+ input channels, an even output of 8x8 or more; ``NPCNN_WINOGRAD=0`` turns it off)."""
+        oh, ow, _ = self.geometry((1,) + tuple(input_shape))
+        kernel_shape = tuple(self.kernel_size) + (int(input_shape[-1]), self.filters)
+        return K.winograd.eligible(kernel_shape, self.strides, (oh, ow))
 
 
 Convolution2D = Conv2D
