@@ -106,9 +106,9 @@ def workspace_bytes(x_shape, filters, out_hw, need_dx=True, itemsize=4):
 
     sizes = {"wino.xp": padded, "wino.V": planes_of(T, C), "wino.U": planes_of(C, filters),
              "wino.M": planes_of(T, filters), "conv.out": N * out_hw[0] * out_hw[1] * filters,
-             "wino.dM": planes_of(T, filters), "wino.dU": planes_of(C, filters)}
+             "wino.dU": planes_of(C, filters)}  # the backward's dM and padded dx reuse wino.M and wino.xp
     if need_dx:
-        sizes.update({"wino.dV": planes_of(T, C), "wino.dxp": padded, "wino.dx": N * H * W * C})
+        sizes.update({"wino.dV": planes_of(T, C), "wino.dx": N * H * W * C})
     return {k: itemsize * v for k, v in sizes.items()}
 
 
@@ -229,12 +229,13 @@ def winograd_backward_numpy(dy, cache, need_dx=True, ws=None):
 # The transforms are Numba loops with the channel loop innermost (contiguous in NHWC and in the
 # (16, T, C) layout); each image owns its tiles (prange over images). The input is first copied into a
 # zero-padded image ("wino.xp", (N, 2*TH + 2, 2*TW + 2, C)), so every tile reads a whole 4x4 patch with
-# no bounds tests; the input gradient is added up in the same padded form ("wino.dxp") and cropped.
+# no bounds tests; the input gradient is added up in the same padded form (in the same buffer) and cropped.
 # The 16 GEMMs are one stacked np.matmul each (BLAS, GIL released). The 16 planes of V, M, dM and dV
 # are PLANE_PAD floats further apart than their size: planes a multiple of 4 KiB apart make the
 # transforms' 16 streams fall into the same cache sets (measured 4-6x slower for 32 channels).
 # Buffers of the caller's ``ws``: "wino.xp", "wino.V", "wino.U", "wino.M", "conv.out" forward;
-# "wino.dM", "wino.dV", "wino.dxp", "wino.dx" backward.
+# backward "wino.dU", "wino.dV", "wino.dx", and dM and the padded dx in the forward's "wino.M" and
+# "wino.xp" (dead by then: the cache holds V, U and y only).
 
 from numba import njit, prange  # noqa: E402
 
@@ -649,7 +650,8 @@ def winograd_backward_gemms(dz, cache, need_dx=True, ws=None):
     Args:
         dz: (N*OH*OW, F), the gradient w.r.t. the pre-activation (contiguous, the cache's dtype).
         cache: a :class:`WinogradCache` (its ``y`` is not read). need_dx: compute dx.
-        ws: with a ``ws``, dM, dV and dx are its buffers "wino.dM", "wino.dV", "wino.dx".
+        ws: with a ``ws``, dM, dU, dV and dx are its buffers "wino.M" (the forward's M, no longer
+            needed), "wino.dU", "wino.dV", "wino.dx"; the padded dx is "wino.xp".
     Returns:
         dx (N, H, W, C) or None, dkernel (3, 3, C, F) (a fresh array).
     """
@@ -659,7 +661,7 @@ def winograd_backward_gemms(dz, cache, need_dx=True, ws=None):
     OH, OW = out_hw
     TH, TW = tiles(out_hw)
     dy = dz.reshape(N, OH, OW, F)
-    dM = planes(ws, "wino.dM", V.shape[1], F, dz.dtype)
+    dM = planes(ws, "wino.M", V.shape[1], F, dz.dtype)  # the forward's M is not needed any more
     par = run_parallel(dM.size, ws)
     (_out_adjoint_par if par else _out_adjoint_ser)(dy, TH, TW, dM)
     dkernel = np.empty(kernel_shape, dz.dtype)
@@ -669,7 +671,7 @@ def winograd_backward_gemms(dz, cache, need_dx=True, ws=None):
     if need_dx:
         dV = planes(ws, "wino.dV", V.shape[1], C, dz.dtype)
         gemm(dM, U.transpose(0, 2, 1), out=dV)
-        dxp = buffer(ws, "wino.dxp", (N, 2 * TH + 2, 2 * TW + 2, C), dz.dtype)
+        dxp = buffer(ws, "wino.xp", (N, 2 * TH + 2, 2 * TW + 2, C), dz.dtype)  # nor its padded input
         dx = buffer(ws, "wino.dx", x_shape, dz.dtype)
         (_in_adjoint_par if par else _in_adjoint_ser)(dV, pads[0], pads[2], TH, TW, dxp, dx)
     return dx, dkernel
