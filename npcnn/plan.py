@@ -13,7 +13,8 @@
   =============================================  ==========================================
   Conv2D + ReLU                                  :class:`ConvReLU` (the ReLU inside the conv kernel)
   Conv2D + ReLU + MaxPooling2D (not the last)    :class:`ConvReLUMaxPool` (:mod:`npcnn.kernels.fused`)
-  Conv2D + BatchNorm + ReLU (+ MaxPooling2D)     :class:`ConvBNReLU` (the ops one by one in training;
+  Conv2D + BatchNorm + ReLU (+ MaxPooling2D)     :class:`ConvBNReLU` (in training the conv, then BN with
+                                                 the ReLU in its kernel (:class:`BNReLU`), then the pool;
                                                  in inference one op, the normalisation folded in)
   anything else                                  :class:`OpStep` (one layer's op, or one activation)
   =============================================  ==========================================
@@ -131,6 +132,25 @@ class ConvReLU(Step):
         return self.conv.workspace_bytes(input_shape, batch_size, need_dx, relu=True)
 
 
+class BNReLU(Step):
+    """BatchNormalization then ReLU with the ReLU inside the normalisation kernel (an inner step of
+    :class:`ConvBNReLU` in training): max(., 0) in the pass that writes y, and the backward kernels
+    read dy * [y > 0] instead of a masked copy. The same bits as the two ops one after the other."""
+
+    def __init__(self, bn, relu_owner):
+        self.op = self.bn = self.param_layer = bn
+        self.layers = (bn,) if relu_owner is bn else (bn, relu_owner)
+
+    def forward(self, x, state, ctx):
+        return self.bn.forward_op(x, state, ctx, relu=True)
+
+    def backward(self, dy, state, ctx):
+        return self.bn.backward_op(dy, state, ctx)
+
+    def workspace_bytes(self, input_shape, batch_size, need_dx=True):
+        return self.bn.workspace_bytes(input_shape, batch_size, need_dx)
+
+
 class ConvReLUMaxPool(Step):
     """Conv2D, ReLU and MaxPooling2D as one op (:mod:`npcnn.kernels.fused`): the conv output is
     pooled before the bias and the ReLU, which then run on the pooled values only.
@@ -179,9 +199,9 @@ class ConvReLUMaxPool(Step):
 
 
 class ConvBNReLU(Step):
-    """Conv2D, BatchNormalization, ReLU (and a MaxPooling2D): in training the four ops one by one
-    (BatchNormalization needs the batch's statistics), in inference one op with the normalisation
-    folded into the convolution::
+    """Conv2D, BatchNormalization, ReLU (and a MaxPooling2D): in training the ops one by one
+    (BatchNormalization needs the batch's statistics), the ReLU inside the normalisation kernel
+    (:class:`BNReLU`), in inference one op with the normalisation folded into the convolution::
 
         s = gamma / sqrt(moving_variance + epsilon)            (F,)
         kernel' = kernel * s          bias' = (bias - moving_mean) * s + beta
@@ -196,7 +216,7 @@ class ConvBNReLU(Step):
     def __init__(self, conv, bn, relu_op, relu_owner, pool=None):
         self.conv, self.bn, self.pool = conv, bn, pool
         self.layers = (conv, bn) + ((relu_owner,) if relu_owner is not bn else ()) + ((pool,) if pool else ())
-        self.inner_steps = [OpStep(conv, conv), OpStep(bn, bn), OpStep(relu_op, relu_owner)] + (
+        self.inner_steps = [OpStep(conv, conv), BNReLU(bn, relu_owner)] + (
             [OpStep(pool, pool)] if pool is not None else [])
 
     def param_slots(self):

@@ -22,6 +22,7 @@ import pytest
 import npcnn
 from npcnn import gradcheck, threads
 from npcnn.checkpoint import restore_checkpoint, save_checkpoint
+from npcnn.kernels import batchnorm as bn_kernels
 from npcnn.layers import (
     Activation,
     BatchNormalization,
@@ -515,3 +516,37 @@ def test_bn_breaks_no_fusion_and_runs_after_a_fused_block():
     for _ in range(30):
         model.train_on_batch(x, np.arange(8) % 3)
     assert model.evaluate(x, np.arange(8) % 3, verbose=0) < loss0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("impl", ["numpy", "numba"])
+def test_fused_relu_is_batchnorm_then_relu_bit_for_bit(dtype, impl):
+    """batchnorm_forward(relu=True) and the backward kernels on its cache give the bits of the BN kernels
+    followed by the ReLU kernels (forward), and of the BN backward on the ReLU's masked gradient."""
+    from npcnn.kernels import activations
+    from npcnn.kernels.workspace import Workspace
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 5, 4, 3)).astype(dtype)
+    x[0, 0, 0] = 0.0  # values that normalise to (about) zero are covered by the random ones
+    gamma, beta = rng.standard_normal(3).astype(dtype), rng.standard_normal(3).astype(dtype)
+    mean, var = x.reshape(-1, 3).mean(0).astype(np.float64), x.reshape(-1, 3).var(0).astype(np.float64)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    fwd = getattr(bn_kernels, f"batchnorm_forward_{impl}")
+    sums = getattr(bn_kernels, f"batchnorm_backward_sums_{impl}")
+    bwd = getattr(bn_kernels, f"batchnorm_backward_{impl}")
+    relu_f = getattr(activations, f"relu_forward_{impl}")
+    relu_b = getattr(activations, f"relu_backward_{impl}")
+    y_sep, c_sep = fwd(x, mean, var, gamma, beta, 1e-3, ws=Workspace())
+    r, r_cache = relu_f(y_sep, ws=Workspace())
+    dz = relu_b(dy, r_cache, ws=Workspace())
+    s_sep = sums(dz, c_sep, ws=Workspace())
+    dx_sep = bwd(dz, c_sep, *s_sep, x.size // 3, ws=Workspace())
+    y, c = fwd(x, mean, var, gamma, beta, 1e-3, ws=Workspace(), relu=True)
+    assert c.y is not None and (c_sep.y is None)
+    np.testing.assert_array_equal(y, r)
+    s_fused = sums(dy, c, ws=Workspace())
+    for a, b in zip(s_fused, s_sep):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(bwd(dy, c, *s_fused, x.size // 3, ws=Workspace()), dx_sep)
+    assert (y == 0).any() and (y > 0).any()  # the mask had work to do

@@ -1,6 +1,7 @@
 """The Conv2D + BatchNormalization + ReLU (+ MaxPooling2D) block of the plan (npcnn.plan.ConvBNReLU).
 
-Training runs the four ops one by one, so it is bit-identical to the unfused plan; inference folds the
+Training runs the ops one by one (the ReLU inside the BatchNormalization kernel, npcnn.plan.BNReLU), so it is
+bit-identical to the unfused plan; inference folds the
 normalisation into the convolution (kernel * s, (bias - mean) * s + beta) and runs one conv kernel
 (with its ReLU) or the fused conv + ReLU + max-pool op, equal to the unfused layers up to rounding.
 """
@@ -53,6 +54,24 @@ def test_training_is_bit_identical_to_the_unfused_plan(backend, monkeypatch, poo
         results.append((losses, model.get_weights()))
     assert results[0][0] == results[1][0]
     for a, b in zip(results[0][1], results[1][1]):  # moving statistics included
+        np.testing.assert_array_equal(a, b)
+
+
+def test_training_with_a_frozen_bn_is_bit_identical_to_the_unfused_plan(backend, monkeypatch):
+    """A frozen BatchNormalization runs in inference mode inside the training step: its fused ReLU's mask
+    must reach the affine backward too."""
+    x, y = _data()
+    results = []
+    for fuse in (True, False):
+        monkeypatch.setattr(plan_mod, "FUSE", fuse)
+        model = _model(pool=True)
+        model.layers[1].trainable = False
+        model.compile("adam", "sparse_categorical_crossentropy")
+        assert isinstance(model.plan.steps[0], plan_mod.ConvBNReLU) == fuse
+        for _ in range(3):
+            model.train_on_batch(x, y)
+        results.append(model.get_weights())
+    for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
 
 

@@ -51,7 +51,7 @@ tested against the compact kernels. The layer is ``npcnn/layers/normalization.py
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -60,12 +60,14 @@ class BatchNormCache(NamedTuple):
     """What the backward needs from a forward.
 
     xhat: x's shape and dtype, the normalised input. inv_std: (C,) float64, 1 / sqrt(var + eps).
-    gamma: (C,) float64, the scale used.
+    gamma: (C,) float64, the scale used. y: the output when the forward applied a fused ReLU
+    (``relu=True``), else None; the backward kernels then take dy * [y > 0] for dy.
     """
 
     xhat: np.ndarray
     inv_std: np.ndarray
     gamma: np.ndarray
+    y: Optional[np.ndarray] = None
 
 
 def _rows(a):
@@ -90,21 +92,31 @@ def batchnorm_sqdev_sum_numpy(x, mean, ws=None):
     return np.einsum("rc,rc->c", d, d)
 
 
-def batchnorm_forward_numpy(x, mean, var, gamma, beta, epsilon, ws=None):
+def batchnorm_forward_numpy(x, mean, var, gamma, beta, epsilon, ws=None, relu=False):
     """Normalise with given statistics (batch ones in training, moving ones at inference).
 
     Args:
         x: (..., C). mean, var: (C,) (float64 or x's dtype). gamma, beta: (C,). epsilon: float.
+        relu: apply max(., 0) to the output (a fused ReLU: the same bits as a ReLU layer after it).
     Returns:
-        y: x's shape and dtype, gamma * (x - mean) / sqrt(var + epsilon) + beta;
-        cache: :class:`BatchNormCache`.
+        y: x's shape and dtype, gamma * (x - mean) / sqrt(var + epsilon) + beta (then the ReLU);
+        cache: :class:`BatchNormCache` (holding y when relu).
     """
     f64 = np.float64
     inv_std = 1.0 / np.sqrt(np.asarray(var, f64) + epsilon)  # (C,)
     gamma = np.asarray(gamma, f64)
     xh = (x - np.asarray(mean, f64)) * inv_std  # float64, x's shape
     y = (gamma * xh + np.asarray(beta, f64)).astype(x.dtype)
-    return y, BatchNormCache(xh.astype(x.dtype), inv_std, gamma.copy())
+    if relu:
+        y = np.maximum(y, 0)
+    return y, BatchNormCache(xh.astype(x.dtype), inv_std, gamma.copy(), y if relu else None)
+
+
+def _masked(dy, cache):
+    """dy, or dy * [y > 0] after a forward with a fused ReLU (the ReLU's backward)."""
+    if cache.y is None:
+        return dy
+    return np.where(cache.y > 0, dy, 0).astype(dy.dtype, copy=False)
 
 
 def batchnorm_backward_sums_numpy(dy, cache, ws=None):
@@ -116,7 +128,7 @@ def batchnorm_backward_sums_numpy(dy, cache, ws=None):
         sum_dy: (C,) float64, sum of dy (summed over shards: dbeta);
         sum_dy_xhat: (C,) float64, sum of dy * xhat (summed over shards: dgamma).
     """
-    d = _rows(dy).astype(np.float64)
+    d = _rows(_masked(dy, cache)).astype(np.float64)
     return d.sum(axis=0), np.einsum("rc,rc->c", d, _rows(cache.xhat))
 
 
@@ -131,6 +143,7 @@ def batchnorm_backward_numpy(dy, cache, sum_dy, sum_dy_xhat, count, ws=None):
         dx: dy's shape, x's dtype: gamma * inv_std / M * (M * dy - sum_dy - xhat * sum_dy_xhat).
     """
     f64 = np.float64
+    dy = _masked(dy, cache)
     k = cache.gamma * cache.inv_std / count  # (C,) float64
     dx = k * (count * dy.astype(f64) - np.asarray(sum_dy, f64) - cache.xhat * np.asarray(sum_dy_xhat, f64))
     return dx.astype(cache.xhat.dtype)
@@ -294,8 +307,9 @@ def _sum_ser(x, mean, centred, parts):
 
 
 @njit(cache=True, nogil=True)
-def _bwd_sums_rows(dy, xhat, lo, hi, acc):
-    """Rows lo:hi: acc[0, c] = sum dy[r, c]; acc[1, c] = sum dy[r, c] * xhat[r, c] (float64)."""
+def _bwd_sums_rows(dy, xhat, y, relu, lo, hi, acc):
+    """Rows lo:hi: acc[0, c] = sum g[r, c]; acc[1, c] = sum g[r, c] * xhat[r, c] (float64), where
+    g = dy, or dy * [y > 0] when relu (the fused ReLU's backward)."""
     C = dy.shape[1]
     for c in range(C):
         acc[0, c] = 0.0
@@ -303,81 +317,103 @@ def _bwd_sums_rows(dy, xhat, lo, hi, acc):
     for r in range(lo, hi):
         dr = dy[r]
         hr = xhat[r]
-        for c in range(C):
-            d = np.float64(dr[c])
-            acc[0, c] += d
-            acc[1, c] += d * np.float64(hr[c])
+        if relu:
+            yr = y[r]
+            for c in range(C):
+                d = np.float64(dr[c]) if yr[c] > 0 else 0.0
+                acc[0, c] += d
+                acc[1, c] += d * np.float64(hr[c])
+        else:
+            for c in range(C):
+                d = np.float64(dr[c])
+                acc[0, c] += d
+                acc[1, c] += d * np.float64(hr[c])
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _bwd_sums_par(dy, xhat, parts):
-    """dy, xhat (M, C); parts (T, 2, C) float64, one pair of partial sums per chunk."""
+def _bwd_sums_par(dy, xhat, y, relu, parts):
+    """dy, xhat, y (M, C); parts (T, 2, C) float64, one pair of partial sums per chunk."""
     M = dy.shape[0]
     T = parts.shape[0]
     step = (M + T - 1) // T
     for t in prange(T):
-        _bwd_sums_rows(dy, xhat, min(M, t * step), min(M, (t + 1) * step), parts[t])
+        _bwd_sums_rows(dy, xhat, y, relu, min(M, t * step), min(M, (t + 1) * step), parts[t])
 
 
 @njit(cache=True, nogil=True)
-def _bwd_sums_ser(dy, xhat, parts):
+def _bwd_sums_ser(dy, xhat, y, relu, parts):
     M = dy.shape[0]
     T = parts.shape[0]
     step = (M + T - 1) // T
     for t in range(T):
-        _bwd_sums_rows(dy, xhat, min(M, t * step), min(M, (t + 1) * step), parts[t])
+        _bwd_sums_rows(dy, xhat, y, relu, min(M, t * step), min(M, (t + 1) * step), parts[t])
 
 
 @njit(cache=True, nogil=True)
-def _fwd_rows(x, mean, inv_std, gamma, beta, xhat, y, lo, hi):
-    """Rows lo:hi: xhat = (x - mean) * inv_std, y = gamma * xhat + beta (float64, rounded to x's dtype)."""
+def _fwd_rows(x, mean, inv_std, gamma, beta, relu, xhat, y, lo, hi):
+    """Rows lo:hi: xhat = (x - mean) * inv_std, y = gamma * xhat + beta (float64, rounded to x's dtype),
+    then max(y, 0) when relu (taken before the rounding: the same bits, since rounding keeps the sign)."""
     C = x.shape[1]
     for r in range(lo, hi):
         xr = x[r]
         hr = xhat[r]
         yr = y[r]
-        for c in range(C):
-            h = (np.float64(xr[c]) - mean[c]) * inv_std[c]
-            hr[c] = h
-            yr[c] = gamma[c] * h + beta[c]
+        if relu:
+            for c in range(C):
+                h = (np.float64(xr[c]) - mean[c]) * inv_std[c]
+                hr[c] = h
+                v = gamma[c] * h + beta[c]
+                yr[c] = v if not v < 0 else 0.0  # keeps NaN, like np.maximum
+        else:
+            for c in range(C):
+                h = (np.float64(xr[c]) - mean[c]) * inv_std[c]
+                hr[c] = h
+                yr[c] = gamma[c] * h + beta[c]
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _fwd_par(x, mean, inv_std, gamma, beta, xhat, y, chunks):
+def _fwd_par(x, mean, inv_std, gamma, beta, relu, xhat, y, chunks):
     M = x.shape[0]
     step = (M + chunks - 1) // chunks
     for t in prange(chunks):  # disjoint row ranges
-        _fwd_rows(x, mean, inv_std, gamma, beta, xhat, y, min(M, t * step), min(M, (t + 1) * step))
+        _fwd_rows(x, mean, inv_std, gamma, beta, relu, xhat, y, min(M, t * step), min(M, (t + 1) * step))
 
 
 @njit(cache=True, nogil=True)
-def _fwd_ser(x, mean, inv_std, gamma, beta, xhat, y, chunks):
-    _fwd_rows(x, mean, inv_std, gamma, beta, xhat, y, 0, x.shape[0])
+def _fwd_ser(x, mean, inv_std, gamma, beta, relu, xhat, y, chunks):
+    _fwd_rows(x, mean, inv_std, gamma, beta, relu, xhat, y, 0, x.shape[0])
 
 
 @njit(cache=True, nogil=True)
-def _bwd_rows(dy, xhat, k, sum_dy, sum_dy_xhat, count, dx, lo, hi):
-    """Rows lo:hi: dx = k * (count * dy - sum_dy - xhat * sum_dy_xhat) (float64, rounded to dx's dtype)."""
+def _bwd_rows(dy, xhat, y, relu, k, sum_dy, sum_dy_xhat, count, dx, lo, hi):
+    """Rows lo:hi: dx = k * (count * g - sum_dy - xhat * sum_dy_xhat) (float64, rounded to dx's dtype),
+    with g = dy, or dy * [y > 0] when relu."""
     C = dy.shape[1]
     for r in range(lo, hi):
         dr = dy[r]
         hr = xhat[r]
         xr = dx[r]
-        for c in range(C):
-            xr[c] = k[c] * (count * np.float64(dr[c]) - sum_dy[c] - np.float64(hr[c]) * sum_dy_xhat[c])
+        if relu:
+            yr = y[r]
+            for c in range(C):
+                g = np.float64(dr[c]) if yr[c] > 0 else 0.0
+                xr[c] = k[c] * (count * g - sum_dy[c] - np.float64(hr[c]) * sum_dy_xhat[c])
+        else:
+            for c in range(C):
+                xr[c] = k[c] * (count * np.float64(dr[c]) - sum_dy[c] - np.float64(hr[c]) * sum_dy_xhat[c])
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _bwd_par(dy, xhat, k, sum_dy, sum_dy_xhat, count, dx, chunks):
+def _bwd_par(dy, xhat, y, relu, k, sum_dy, sum_dy_xhat, count, dx, chunks):
     M = dy.shape[0]
     step = (M + chunks - 1) // chunks
     for t in prange(chunks):
-        _bwd_rows(dy, xhat, k, sum_dy, sum_dy_xhat, count, dx, min(M, t * step), min(M, (t + 1) * step))
+        _bwd_rows(dy, xhat, y, relu, k, sum_dy, sum_dy_xhat, count, dx, min(M, t * step), min(M, (t + 1) * step))
 
 
 @njit(cache=True, nogil=True)
-def _bwd_ser(dy, xhat, k, sum_dy, sum_dy_xhat, count, dx, chunks):
-    _bwd_rows(dy, xhat, k, sum_dy, sum_dy_xhat, count, dx, 0, dy.shape[0])
+def _bwd_ser(dy, xhat, y, relu, k, sum_dy, sum_dy_xhat, count, dx, chunks):
+    _bwd_rows(dy, xhat, y, relu, k, sum_dy, sum_dy_xhat, count, dx, 0, dy.shape[0])
 
 
 def _column_sums(name, x, mean, centred, ws):
@@ -406,7 +442,7 @@ def batchnorm_sqdev_sum_numba(x, mean, ws=None):
     return _column_sums("batchnorm_sqdev_sum", x2, _vec64(mean, ws, "batchnorm_sqdev_sum.mean"), True, ws)
 
 
-def batchnorm_forward_numba(x, mean, var, gamma, beta, epsilon, ws=None):
+def batchnorm_forward_numba(x, mean, var, gamma, beta, epsilon, ws=None, relu=False):
     """Normalise (Numba); same arguments, results and cache as :func:`batchnorm_forward_numpy`.
 
     y and the cache's arrays are workspace buffers.
@@ -424,11 +460,19 @@ def batchnorm_forward_numba(x, mean, var, gamma, beta, epsilon, ws=None):
     xhat = buffer(ws, "batchnorm_forward.xhat", x.shape, x.dtype)
     m64 = _vec64(mean, ws, "batchnorm_forward.mean")
     b64 = _vec64(beta, ws, "batchnorm_forward.beta")
+    relu = bool(relu)
     if run_parallel(x.size, ws):
-        _fwd_par(x2, m64, inv_std, g, b64, _rows(xhat), _rows(y), _n_chunks(M))
+        _fwd_par(x2, m64, inv_std, g, b64, relu, _rows(xhat), _rows(y), _n_chunks(M))
     else:
-        _fwd_ser(x2, m64, inv_std, g, b64, _rows(xhat), _rows(y), 1)
-    return y, BatchNormCache(xhat, inv_std, g)
+        _fwd_ser(x2, m64, inv_std, g, b64, relu, _rows(xhat), _rows(y), 1)
+    return y, BatchNormCache(xhat, inv_std, g, y if relu else None)
+
+
+def _mask_rows(cache, like):
+    """(relu, y as (M, C)) for the backward kernels: the fused ReLU's output, or a dummy (never read)."""
+    if cache.y is None:
+        return False, like
+    return True, _rows(cache.y)
 
 
 def batchnorm_backward_sums_numba(dy, cache, ws=None):
@@ -437,7 +481,8 @@ def batchnorm_backward_sums_numba(dy, cache, ws=None):
     M, C = dy2.shape
     parts = buffer(ws, "batchnorm_backward_sums.parts", (_n_chunks(M), 2, C), np.float64)
     fn = _bwd_sums_par if run_parallel(dy2.size, ws) else _bwd_sums_ser
-    fn(dy2, _rows(cache.xhat), parts)
+    relu, y2 = _mask_rows(cache, dy2)
+    fn(dy2, _rows(cache.xhat), y2, relu, parts)
     out = np.empty((2, C), np.float64)  # fresh: parameter gradients (see the note above)
     _add_chunks(parts, out)
     return out[0], out[1]
@@ -455,7 +500,8 @@ def batchnorm_backward_numba(dy, cache, sum_dy, sum_dy_xhat, count, ws=None):
     s1 = _vec64(sum_dy, ws, "batchnorm_backward.sum_dy")
     s2 = _vec64(sum_dy_xhat, ws, "batchnorm_backward.sum_dy_xhat")
     dx = buffer(ws, "batchnorm_backward.dx", dy.shape, xhat.dtype)
-    args = (dy2, _rows(xhat), k, s1, s2, float(count), _rows(dx))
+    relu, y2 = _mask_rows(cache, dy2)
+    args = (dy2, _rows(xhat), y2, relu, k, s1, s2, float(count), _rows(dx))
     if run_parallel(dy.size, ws):
         _bwd_par(*args, _n_chunks(M))
     else:

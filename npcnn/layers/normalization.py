@@ -122,13 +122,16 @@ class BatchNormalization(Layer):
         return gamma, beta
 
     # --- the op ---------------------------------------------------------------------
-    def forward_op(self, x, state, ctx):
+    def forward_op(self, x, state, ctx, relu=False):
+        """Normalise x (batch statistics in training, the moving ones in inference or when frozen); with
+        ``relu`` the kernel also applies max(., 0) to its output (a fused ReLU, the same bits as a ReLU
+        layer after it) and the backward masks dy with [y > 0] first."""
         gamma, beta = self._affine(x.shape[-1], self.dtype)
         if not ctx.training or not self.trainable:
             # inference; or a frozen layer, which Keras 3 runs in inference mode even while the model trains
             # (moving statistics, no updates), an affine map whose backward is dy * gamma / sqrt(var + eps)
             y, cache = K.batchnorm_forward(x, self.buffers["moving_mean"], self.buffers["moving_variance"], gamma,
-                                           beta, self.epsilon, ws=state.ws)
+                                           beta, self.epsilon, ws=state.ws, relu=relu)
             state.cache = (cache, None) if ctx.training else None
             state.updates = {}
             return y
@@ -136,7 +139,7 @@ class BatchNormalization(Layer):
         count = (ctx.batch_size or len(x)) * int(np.prod(x.shape[1:-1], dtype=np.int64))
         mean = ctx.reduce(K.batchnorm_sum(x, ws=state.ws)) / count                 # reduce 1
         var = ctx.reduce(K.batchnorm_sqdev_sum(x, mean, ws=state.ws)) / count     # reduce 2 (biased)
-        y, cache = K.batchnorm_forward(x, mean, var, gamma, beta, self.epsilon, ws=state.ws)
+        y, cache = K.batchnorm_forward(x, mean, var, gamma, beta, self.epsilon, ws=state.ws, relu=relu)
         state.cache = (cache, count)
         m = self.momentum
         state.updates = {  # in float64, rounded once to the buffer's dtype
@@ -153,6 +156,8 @@ class BatchNormalization(Layer):
             state.grads = {k: g.astype(self.params[k].dtype) for k, g in state.grads.items()}
             if not state.need_dx:
                 return None
+            if cache.y is not None:  # a fused ReLU: its mask first
+                dy = np.where(cache.y > 0, dy, 0).astype(dy.dtype, copy=False)
             return dy * (cache.gamma * cache.inv_std).astype(dy.dtype)
         sum_dy, sum_dy_xhat = K.batchnorm_backward_sums(dy, cache, ws=state.ws)  # this shard's rows
         grads = {}
