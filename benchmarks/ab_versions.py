@@ -1,5 +1,8 @@
 """Same-process A/B of two versions of npcnn: the seed model's training step and inference.
 
+``--model deep`` times ``npcnn.models.cifar10_deep`` instead (training steps at batch 64 and 128 with its
+augmentation layers, as the example trains it, and inference at batch 256).
+
 The other version (a git revision of this repository, or a checkout folder) is copied to a temporary
 folder with its package renamed ``npcnn_old`` (imports rewritten), so both load in one process and
 the two are timed round by round, alternating which goes first: machine noise hits both alike.
@@ -48,6 +51,7 @@ def main(argv=None):
     p.add_argument("--old", required=True, help="a git revision (e.g. c936187) or a checkout folder")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", default="seed", choices=("seed", "deep"))
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="npcnn-ab-"))
     try:
@@ -72,10 +76,11 @@ def main(argv=None):
         models = {}
         for name, mod in (("old", npcnn_old), ("new", npcnn)):
             mod.set_random_seed(0)
-            models[name] = mod.models.cifar10_cnn()
-        cases = {"train b32": lambda m: m.train_on_batch(x[:32], y[:32]),
+            models[name] = mod.models.cifar10_cnn() if args.model == "seed" else mod.models.cifar10_deep()
+        small = 32 if args.model == "seed" else 64
+        cases = {f"train b{small}": lambda m: m.train_on_batch(x[:small], y[:small]),
                  "train b128": lambda m: m.train_on_batch(x, y),
-                 "predict b256": lambda m: m.predict(x256, batch_size=256)}
+                 "predict b256": lambda m: m.predict(x256, batch_size=256, verbose=0)}
         wall = {(c, v): [] for c in cases for v in models}
         cpu = {(c, v): [] for c in cases for v in models}
         for fn in cases.values():  # warm up: JIT, buffers
@@ -91,7 +96,8 @@ def main(argv=None):
                     cpu[(c, v)].append(time.process_time() - p0)
         blas = [(d.get("internal_api"), d.get("architecture"), d.get("num_threads"))
                 for d in threadpool_info() if d.get("user_api") == "blas"]
-        print(f"old {args.old} vs this checkout; threads {args.threads}; rounds {args.rounds}; blas {blas}; "
+        print(f"{args.model} model: old {args.old} vs this checkout; threads {args.threads}; rounds {args.rounds}; "
+              f"blas {blas}; "
               f"load {os.getloadavg()[0]:.2f}")
         print(f"{'case':<14} {'old ms':>8} {'new ms':>8} {'new/old':>8} {'old cpu':>8} {'new cpu':>8} {'new/old':>8}")
         for c in cases:
