@@ -73,25 +73,27 @@ def main(argv=None):
         x = rng.random((128, 32, 32, 3), dtype=np.float32)
         y = rng.integers(0, 10, 128)
         x256 = rng.random((256, 32, 32, 3), dtype=np.float32)
-        models = {}
-        for name, mod in (("old", npcnn_old), ("new", npcnn)):
-            mod.set_random_seed(0)
-            models[name] = mod.models.cifar10_cnn() if args.model == "seed" else mod.models.cifar10_deep()
         small = 32 if args.model == "seed" else 64
         cases = {f"train b{small}": lambda m: m.train_on_batch(x[:small], y[:small]),
                  "train b128": lambda m: m.train_on_batch(x, y),
                  "predict b256": lambda m: m.predict(x256, batch_size=256, verbose=0)}
-        wall = {(c, v): [] for c in cases for v in models}
-        cpu = {(c, v): [] for c in cases for v in models}
-        for fn in cases.values():  # warm up: JIT, buffers
-            for m in models.values():
-                for _ in range(3):
-                    fn(m)
+        # one model per case and version: a model alternating batch sizes would re-allocate its workspace
+        # buffers at every call (they are sized for the last batch), which is not what training does
+        models = {}
+        for c in cases:
+            for name, mod in (("old", npcnn_old), ("new", npcnn)):
+                mod.set_random_seed(0)
+                models[(c, name)] = mod.models.cifar10_cnn() if args.model == "seed" else mod.models.cifar10_deep()
+        wall = {key: [] for key in models}
+        cpu = {key: [] for key in models}
+        for (c, v), m in models.items():  # warm up: JIT, buffers
+            for _ in range(3):
+                cases[c](m)
         for r in range(args.rounds):
             for c, fn in cases.items():
                 for v in (("old", "new") if r % 2 == 0 else ("new", "old")):
                     t, p0 = time.perf_counter(), time.process_time()
-                    fn(models[v])
+                    fn(models[(c, v)])
                     wall[(c, v)].append(time.perf_counter() - t)
                     cpu[(c, v)].append(time.process_time() - p0)
         blas = [(d.get("internal_api"), d.get("architecture"), d.get("num_threads"))
