@@ -86,7 +86,7 @@ def main(argv=None):
                 models[(c, name)] = mod.models.cifar10_cnn() if args.model == "seed" else mod.models.cifar10_deep()
         wall = {key: [] for key in models}
         cpu = {key: [] for key in models}
-        for (c, v), m in models.items():  # warm up: JIT, buffers
+        for (c, _), m in models.items():  # warm up: JIT, buffers
             for _ in range(3):
                 cases[c](m)
         for r in range(args.rounds):

@@ -191,8 +191,9 @@ def test_conv_layer_gradcheck_on_the_numba_backend(enabled):
 
 
 def _deep_ish():
-    return Sequential([
-        Conv2D(16, 3, padding="same", input_shape=(8, 8, 3)), BatchNormalization(), Activation("relu"),
+    return Sequential([  # the first conv runs by im2col (3 channels), without a bias as under a BN
+        Conv2D(16, 3, padding="same", use_bias=False, input_shape=(8, 8, 3)), BatchNormalization(),
+        Activation("relu"),
         Conv2D(16, 3, padding="same"), BatchNormalization(), Activation("relu"), MaxPooling2D(),
         Conv2D(16, 3, padding="same", activation="relu"), MaxPooling2D(), Flatten(),
         Dense(10, activation="softmax")])

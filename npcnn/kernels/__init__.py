@@ -14,7 +14,8 @@ op file holds its readable NumPy twin (``*_numpy``) and, beside it, its compiled
   the activations' cache is their output array;
 * ``npcnn.kernels.<name>(...)`` dispatches to the active backend's implementation, looked up at
   call time, so :func:`override` and :func:`npcnn.set_backend` apply at once; composite kernels
-  look their parts up the same way (conv -> im2col, col2im; fused -> conv, pool).
+  look their parts up the same way (conv -> im2col, col2im, or on the Numba backend for a qualifying
+  3x3 stride-1 layer winograd_forward/backward, which call neither; fused -> conv, pool).
 
 Nothing here imports from ``npcnn.layers`` or ``npcnn.models``.
 """

@@ -92,7 +92,7 @@ def batchnorm_sqdev_sum_numpy(x, mean, ws=None):
     return np.einsum("rc,rc->c", d, d)
 
 
-def batchnorm_forward_numpy(x, mean, var, gamma, beta, epsilon, ws=None, relu=False):
+def batchnorm_forward_numpy(x, mean, var, gamma, beta, epsilon, relu=False, ws=None):
     """Normalise with given statistics (batch ones in training, moving ones at inference).
 
     Args:
@@ -352,7 +352,7 @@ def _bwd_sums_ser(dy, xhat, y, relu, parts):
 @njit(cache=True, nogil=True)
 def _fwd_rows(x, mean, inv_std, gamma, beta, relu, xhat, y, lo, hi):
     """Rows lo:hi: xhat = (x - mean) * inv_std, y = gamma * xhat + beta (float64, rounded to x's dtype),
-    then max(y, 0) when relu (taken before the rounding: the same bits, since rounding keeps the sign)."""
+    then, when relu, max(y, 0) of the rounded value (as a ReLU layer after it: the same bits, -0.0 included)."""
     C = x.shape[1]
     for r in range(lo, hi):
         xr = x[r]
@@ -362,8 +362,9 @@ def _fwd_rows(x, mean, inv_std, gamma, beta, relu, xhat, y, lo, hi):
             for c in range(C):
                 h = (np.float64(xr[c]) - mean[c]) * inv_std[c]
                 hr[c] = h
-                v = gamma[c] * h + beta[c]
-                yr[c] = v if not v < 0 else 0.0  # keeps NaN, like np.maximum
+                yr[c] = gamma[c] * h + beta[c]
+                if yr[c] < 0:  # the rounded value, as the ReLU kernel sees it; keeps NaN, like np.maximum
+                    yr[c] = 0
         else:
             for c in range(C):
                 h = (np.float64(xr[c]) - mean[c]) * inv_std[c]
@@ -442,7 +443,7 @@ def batchnorm_sqdev_sum_numba(x, mean, ws=None):
     return _column_sums("batchnorm_sqdev_sum", x2, _vec64(mean, ws, "batchnorm_sqdev_sum.mean"), True, ws)
 
 
-def batchnorm_forward_numba(x, mean, var, gamma, beta, epsilon, ws=None, relu=False):
+def batchnorm_forward_numba(x, mean, var, gamma, beta, epsilon, relu=False, ws=None):
     """Normalise (Numba); same arguments, results and cache as :func:`batchnorm_forward_numpy`.
 
     y and the cache's arrays are workspace buffers.

@@ -1,5 +1,8 @@
 """2-D convolution (cross-correlation, as Keras computes it), NHWC, via im2col + one GEMM.
 
+(On the Numba backend a qualifying 3x3 stride-1 convolution runs by Winograd's F(2x2, 3x3) instead:
+:mod:`npcnn.kernels.winograd`; the functions here dispatch to it.)
+
 Forward (the layer's math)::
 
     cols = im2col(x)                          (N*OH*OW, KH*KW*C)
@@ -187,9 +190,10 @@ def conv2d_forward_numba(x, kernel, bias, strides, pads, out_hw, relu=False, ws=
     With a ``ws`` the output y is its buffer "conv.out" and the cache refers to it and to
     "im2col.cols": both valid until the next call with the same ``ws``. With None, fresh arrays.
 
-    A 3x3 stride-1 kernel with enough input channels (:func:`npcnn.kernels.winograd.eligible`) runs
-    the Winograd algorithm instead (``get_kernel("winograd_forward", "numba")``: same result up to
-    float rounding, 2.25x fewer multiplications; its cache is a
+    A 3x3 stride-1 kernel with enough input channels and output pixels
+    (:func:`npcnn.kernels.winograd.eligible`) runs the Winograd algorithm instead
+    (``get_kernel("winograd_forward", "numba")``: same result up to float rounding, 2.25x fewer
+    multiplications; its cache is a
     :class:`~npcnn.kernels.winograd.WinogradCache`, which the backward recognises).
     """
     if winograd.eligible(kernel.shape, strides, out_hw):
@@ -218,7 +222,8 @@ def conv2d_backward_numba(dy, cache, need_dx=True, ws=None):
     """Convolution backward (Numba + BLAS); same arguments and results as the twin.
 
     ``dy`` is never written. With a ``ws``, dx is its buffer "col2im.dx" (the masked gradient
-    and dcols are "conv.dz" and "conv.dcols"); dkernel and dbias are always fresh arrays.
+    and dcols are "conv.dz" and "conv.dcols"; after a Winograd forward dx is "wino.dx"); dkernel and
+    dbias are always fresh arrays.
     """
     y = cache.y
     F = dy.shape[-1]

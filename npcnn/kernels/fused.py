@@ -26,10 +26,11 @@ the larger. Both are valid (sub)gradients of the same function.
 
 The NumPy twin is the definition: the two layers' twins one after the other. Both twins look
 their parts up in the registry at call time (conv2d_forward/backward, maxpool2d_forward/backward
-for their own backend, and through them im2col and col2im), so ``npcnn.kernels.override``
-reaches inside this op. The op takes one ``ws`` (the fused block's): the parts' buffers have
-distinct names ("im2col.cols", "conv.out", "pool.out", "pool.argmax", "fused.dp_masked",
-"fused.db_partial", "pool.dx", "conv.dcols", "col2im.dx"), so none is shared. Sequential runs
+for their own backend, and through them im2col and col2im, or the Winograd kernels for a qualifying
+3x3 stride-1 convolution on the Numba backend), so ``npcnn.kernels.override`` reaches inside this op.
+The op takes one ``ws`` (the fused block's): the parts' buffers have distinct names ("im2col.cols",
+"conv.out", "pool.out", "pool.argmax", "fused.dp_masked", "fused.db_partial", "pool.dx",
+"conv.dcols", "col2im.dx", or the "wino.*" ones), so none is shared. Sequential runs
 a Conv2D with a ReLU activation followed by a MaxPooling2D through this op when
 :data:`ENABLED` (``NPCNN_FUSE=0`` in the environment switches it off).
 """

@@ -33,8 +33,10 @@ past the padding and its extra outputs are dropped (their gradient is zero). The
 The float rounding differs from im2col's (other sums in another order; the transforms are exact in
 binary but for the halves of G): tests compare the two within float32 tolerance, and check the
 gradient of this one by central differences in float64. :func:`eligible` says when the Numba
-convolution runs this algorithm (3x3, stride 1, at least :data:`MIN_CHANNELS` input channels);
-``NPCNN_WINOGRAD=0`` or :func:`set_enabled` turns it off.
+convolution runs this algorithm (3x3, stride 1, at least :data:`MIN_CHANNELS` input channels, at least
+:data:`MIN_OUTPUTS` output pixels, even height and width); ``NPCNN_WINOGRAD=0`` or :func:`set_enabled`
+turns it off. The Numba convolution then calls neither im2col nor col2im, so
+``npcnn.kernels.override("im2col", ...)`` does not reach such a layer (disable Winograd to study them).
 """
 
 from __future__ import annotations
@@ -171,7 +173,9 @@ def winograd_forward_numpy(x, kernel, bias, pads, out_hw, relu=False, ws=None):
     F = kernel.shape[3]
     OH, OW = out_hw
     TH, TW = tiles(out_hw)
-    bt, at = BT.astype(x.dtype), AT.astype(x.dtype)
+    dtype = np.result_type(x.dtype, kernel.dtype)  # as the im2col twin
+    x, kernel = x.astype(dtype, copy=False), kernel.astype(dtype, copy=False)
+    bt, at = BT.astype(dtype), AT.astype(dtype)
     d = _patches(x, pads, out_hw)                                        # (N, TH, TW, 4, 4, C)
     V = np.einsum("ia,ntuabc,jb->ijntuc", bt, d, bt).reshape(16, -1, C)  # (16, T, C)
     U = kernel_transform(kernel)                                         # (16, C, F)
@@ -182,7 +186,7 @@ def winograd_forward_numpy(x, kernel, bias, pads, out_hw, relu=False, ws=None):
         out = out + bias
     if relu:
         out = np.maximum(out, 0)
-    out = np.ascontiguousarray(out, dtype=x.dtype)
+    out = np.ascontiguousarray(out, dtype=dtype)
     cache = WinogradCache(x.shape, V, U, kernel.shape, pads, out_hw, out.reshape(-1, F) if relu else None)
     return out, cache
 

@@ -10,7 +10,8 @@ from npcnn.utils import int_pair, positive_int
 
 
 class Conv2D(Layer):
-    """y = activation(conv(x, kernel) + bias), computed as im2col + one GEMM.
+    """y = activation(conv(x, kernel) + bias), computed as im2col + one GEMM (on the Numba backend a
+    qualifying 3x3 stride-1 layer by Winograd's F(2x2, 3x3) instead, see :meth:`uses_winograd`).
 
     Shapes: x (N, H, W, C); kernel (KH, KW, C, filters) (Keras layout); bias (filters,);
     y (N, OH, OW, filters) with OH = floor((H - KH)/SH) + 1 ('valid') or ceil(H/SH) ('same').
@@ -119,7 +120,7 @@ class Conv2D(Layer):
             return sizes
         cols = pix * self.kernel_size[0] * self.kernel_size[1] * input_shape[-1]
         sizes.update({"im2col.cols": 4 * cols, "conv.out": 4 * pix * self.filters})
-        if not self.use_bias:
+        if not self.use_bias and relu:  # the bias + ReLU pass needs a zero bias then
             sizes["conv.no_bias"] = 4 * self.filters
         if need_dx:
             sizes["conv.dcols"] = 4 * cols
@@ -129,7 +130,8 @@ class Conv2D(Layer):
     def uses_winograd(self, input_shape):
         """Whether the Numba backend computes this convolution on inputs of ``input_shape`` (H, W, C) by
         Winograd's F(2x2, 3x3) rather than im2col (:func:`npcnn.kernels.winograd.eligible`: 3x3, stride 1,
-        16+ input channels, an even output of 8x8 or more; ``NPCNN_WINOGRAD=0`` turns it off)."""
+        16+ input channels, an output of at least 64 pixels with even height and width;
+        ``NPCNN_WINOGRAD=0`` turns it off)."""
         oh, ow, _ = self.geometry((1,) + tuple(input_shape))
         kernel_shape = tuple(self.kernel_size) + (int(input_shape[-1]), self.filters)
         return K.winograd.eligible(kernel_shape, self.strides, (oh, ow))

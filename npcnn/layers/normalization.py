@@ -15,6 +15,12 @@ from npcnn.kernels.batchnorm import _n_chunks
 from npcnn.layers.base import Layer
 
 
+def _relu_kw(relu):
+    """{'relu': True} for a fused ReLU, else nothing: a kernel replaced with npcnn.kernels.override and
+    written without the ``relu`` argument keeps working for a plain BatchNormalization."""
+    return {"relu": True} if relu else {}
+
+
 class BatchNormalization(Layer):
     """Normalise each channel (the last axis) with batch statistics in training, moving ones at inference.
 
@@ -131,7 +137,7 @@ class BatchNormalization(Layer):
             # inference; or a frozen layer, which Keras 3 runs in inference mode even while the model trains
             # (moving statistics, no updates), an affine map whose backward is dy * gamma / sqrt(var + eps)
             y, cache = K.batchnorm_forward(x, self.buffers["moving_mean"], self.buffers["moving_variance"], gamma,
-                                           beta, self.epsilon, ws=state.ws, relu=relu)
+                                           beta, self.epsilon, ws=state.ws, **_relu_kw(relu))
             state.cache = (cache, None) if ctx.training else None
             state.updates = {}
             return y
@@ -139,7 +145,7 @@ class BatchNormalization(Layer):
         count = (ctx.batch_size or len(x)) * int(np.prod(x.shape[1:-1], dtype=np.int64))
         mean = ctx.reduce(K.batchnorm_sum(x, ws=state.ws)) / count                 # reduce 1
         var = ctx.reduce(K.batchnorm_sqdev_sum(x, mean, ws=state.ws)) / count     # reduce 2 (biased)
-        y, cache = K.batchnorm_forward(x, mean, var, gamma, beta, self.epsilon, ws=state.ws, relu=relu)
+        y, cache = K.batchnorm_forward(x, mean, var, gamma, beta, self.epsilon, ws=state.ws, **_relu_kw(relu))
         state.cache = (cache, count)
         m = self.momentum
         state.updates = {  # in float64, rounded once to the buffer's dtype
