@@ -187,14 +187,7 @@ class ConvReLUMaxPool(Step):
         if not conv.use_bias:
             sizes["fused.no_bias"] = conv.filters
         sizes = {k: 4 * v for k, v in sizes.items()}
-        if conv.uses_winograd(input_shape):  # the convolution inside runs by Winograd
-            sizes.update(K.winograd.workspace_bytes((batch_size,) + tuple(input_shape), conv.filters, (oh, ow),
-                                                    need_dx))
-            return sizes
-        cols = batch_size * oh * ow * conv.kernel_size[0] * conv.kernel_size[1] * input_shape[-1]
-        sizes.update({"im2col.cols": 4 * cols, "conv.out": 4 * z})
-        if need_dx:
-            sizes.update({"conv.dcols": 4 * cols, "col2im.dx": 4 * batch_size * int(np.prod(input_shape))})
+        sizes.update(conv.algorithm_workspace_bytes(input_shape, batch_size, need_dx))
         return sizes
 
 
@@ -213,7 +206,7 @@ class ConvBNReLU(Step):
     (a few thousand values); inference results differ from the unfused layers by float rounding.
     """
 
-    def __init__(self, conv, bn, relu_op, relu_owner, pool=None):
+    def __init__(self, conv, bn, relu_owner, pool=None):
         self.conv, self.bn, self.pool = conv, bn, pool
         self.layers = (conv, bn) + ((relu_owner,) if relu_owner is not bn else ()) + ((pool,) if pool else ())
         self.inner_steps = [OpStep(conv, conv), BNReLU(bn, relu_owner)] + (
@@ -302,11 +295,11 @@ def compile_plan(layers, loss=None, fuse=None):
         nxt = ops[i + 1][0] if i + 1 < len(ops) else None
         if (fuse and type(op) is Conv2D and op.activation is None and type(nxt) is BatchNormalization
                 and i + 2 < len(ops) and type(ops[i + 2][0]) is ReLU and ops[i + 1][0].activation is None):
-            relu_op, relu_owner = ops[i + 2]
+            relu_owner = ops[i + 2][1]
             after = ops[i + 3][0] if i + 3 < len(ops) else None
             pool = after if (type(after) is MaxPooling2D and after is not layers[-1]
                              and after.activation is None) else None
-            steps.append(ConvBNReLU(op, nxt, relu_op, relu_owner, pool))
+            steps.append(ConvBNReLU(op, nxt, relu_owner, pool))
             i += 4 if pool is not None else 3
             continue
         if type(op) is Conv2D and type(nxt) is ReLU:

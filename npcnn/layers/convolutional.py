@@ -114,14 +114,21 @@ class Conv2D(Layer):
         sizes = {"conv.db_partial": 8 * min(64, pix) * self.filters}
         if relu:
             sizes["conv.dz"] = 4 * pix * self.filters
+        if not self.use_bias and relu and not self.uses_winograd(input_shape):
+            sizes["conv.no_bias"] = 4 * self.filters  # im2col's bias + ReLU pass needs a zero bias then
+        sizes.update(self.algorithm_workspace_bytes(input_shape, batch_size, need_dx))
+        return sizes
+
+    def algorithm_workspace_bytes(self, input_shape, batch_size, need_dx=True):
+        """{buffer: bytes} of the convolution algorithm itself (float32), also inside the fused
+        conv + ReLU + pool op: im2col.cols, conv.out and, when the input gradient is needed, conv.dcols
+        and col2im.dx; or the Winograd buffers (:func:`npcnn.kernels.winograd.workspace_bytes`)."""
+        oh, ow, _ = self.geometry((batch_size,) + tuple(input_shape))
         if self.uses_winograd(input_shape):
-            sizes.update(K.winograd.workspace_bytes((batch_size,) + tuple(input_shape), self.filters, (oh, ow),
-                                                    need_dx))
-            return sizes
+            return K.winograd.workspace_bytes((batch_size,) + tuple(input_shape), self.filters, (oh, ow), need_dx)
+        pix = batch_size * oh * ow
         cols = pix * self.kernel_size[0] * self.kernel_size[1] * input_shape[-1]
-        sizes.update({"im2col.cols": 4 * cols, "conv.out": 4 * pix * self.filters})
-        if not self.use_bias and relu:  # the bias + ReLU pass needs a zero bias then
-            sizes["conv.no_bias"] = 4 * self.filters
+        sizes = {"im2col.cols": 4 * cols, "conv.out": 4 * pix * self.filters}
         if need_dx:
             sizes["conv.dcols"] = 4 * cols
             sizes["col2im.dx"] = 4 * batch_size * input_shape[0] * input_shape[1] * input_shape[2]

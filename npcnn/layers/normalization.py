@@ -11,7 +11,7 @@ import numpy as np
 
 from npcnn import initializers
 from npcnn import kernels as K
-from npcnn.kernels.batchnorm import _n_chunks
+from npcnn.kernels.batchnorm import _masked, _n_chunks
 from npcnn.layers.base import Layer
 
 
@@ -162,8 +162,7 @@ class BatchNormalization(Layer):
             state.grads = {k: g.astype(self.params[k].dtype) for k, g in state.grads.items()}
             if not state.need_dx:
                 return None
-            if cache.y is not None:  # a fused ReLU: its mask first
-                dy = np.where(cache.y > 0, dy, 0).astype(dy.dtype, copy=False)
+            dy = _masked(dy, cache)  # a fused ReLU's mask first (dy itself without one)
             return dy * (cache.gamma * cache.inv_std).astype(dy.dtype)
         sum_dy, sum_dy_xhat = K.batchnorm_backward_sums(dy, cache, ws=state.ws)  # this shard's rows
         grads = {}
