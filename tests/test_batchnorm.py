@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import held_after_one_step
 
 import npcnn
 from npcnn import gradcheck, threads
@@ -486,17 +487,7 @@ def test_summary_memory_line_matches_the_buffers_a_step_keeps(fuse, monkeypatch)
         Activation("relu"), Flatten(), Dropout(0.5), Dense(8), BatchNormalization(center=False, scale=False),
         Dropout(0.2, noise_shape=(None, 1)), Dense(10, activation="softmax")])
     model.compile("adam", "sparse_categorical_crossentropy")
-    with npcnn.use_backend("numba"):
-        previous = npcnn.get_num_threads()
-        npcnn.set_num_threads(1)  # unsharded: one list of per-call states holds the buffers
-        try:
-            x = np.random.default_rng(0).random((6, 10, 10, 3), dtype=np.float32)
-            model.train_on_batch(x, np.arange(6) % 10)
-        finally:
-            npcnn.set_num_threads(previous)
-    (states,) = model._free_states
-    held = {(i, name): b.nbytes for i, st in enumerate(states)  # a block's inner states too (ConvBNReLU)
-            for inner in [st] + (st.inner or []) for name, b in inner.ws.items()}
+    held, states = held_after_one_step(model, np.random.default_rng(0).random((6, 10, 10, 3), dtype=np.float32))
     assert any(st.inner for st in states) == fuse  # Conv2D + BN + ReLU ran as one block
     assert model.plan.workspace_bytes(model.input_shape, 6) == held  # buffer by buffer
     assert any(name.startswith("batchnorm_") for _, name in held)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import seed_model
+from conftest import held_after_one_step, seed_model
 
 import npcnn
 from npcnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
@@ -158,18 +158,8 @@ def test_summary_memory_line_matches_the_buffers_a_step_keeps(fuse, monkeypatch)
     from npcnn import plan as plan_mod
 
     monkeypatch.setattr(plan_mod, "FUSE", fuse)
-    with npcnn.use_backend("numba"):
-        previous = npcnn.get_num_threads()
-        npcnn.set_num_threads(1)  # unsharded: one list of per-call states holds the buffers
-        try:
-            model = seed_model(input_shape=(18, 18, 3), filters=(4, 6, 5), units=8)
-            x = np.random.default_rng(0).random((6, 18, 18, 3), dtype=np.float32)
-            model.train_on_batch(x, np.arange(6) % 10)
-        finally:
-            npcnn.set_num_threads(previous)
-    (states,) = model._free_states
-    held = {(i, name): b.nbytes for i, st in enumerate(states)
-            for inner in [st] + (st.inner or []) for name, b in inner.ws.items()}
+    model = seed_model(input_shape=(18, 18, 3), filters=(4, 6, 5), units=8)
+    held, _ = held_after_one_step(model, np.random.default_rng(0).random((6, 18, 18, 3), dtype=np.float32))
     assert model.plan.workspace_bytes(model.input_shape, 6) == held  # buffer by buffer
     cols = sum(n for (_, name), n in held.items() if name == "im2col.cols")
     assert model._workspace_bytes(6) == (cols, sum(held.values()) - cols)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import held_after_one_step
 
 import npcnn
 from npcnn import gradcheck
@@ -207,17 +208,7 @@ def test_workspace_estimate_counts_the_winograd_buffers(fuse, monkeypatch, enabl
     npcnn.set_random_seed(0)
     model = _deep_ish()
     model.compile("adam", "sparse_categorical_crossentropy")
-    with npcnn.use_backend("numba"):
-        previous = npcnn.get_num_threads()
-        npcnn.set_num_threads(1)
-        try:
-            x = np.random.default_rng(0).random((6, 8, 8, 3), dtype=np.float32)
-            model.train_on_batch(x, np.arange(6) % 10)
-        finally:
-            npcnn.set_num_threads(previous)
-    (states,) = model._free_states
-    held = {(i, name): b.nbytes for i, st in enumerate(states)
-            for inner in [st] + (st.inner or []) for name, b in inner.ws.items()}
+    held, _ = held_after_one_step(model, np.random.default_rng(0).random((6, 8, 8, 3), dtype=np.float32))
     assert any(name == "wino.V" for _, name in held)
     assert model.plan.workspace_bytes(model.input_shape, 6) == held
 
