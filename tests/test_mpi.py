@@ -357,3 +357,46 @@ def test_the_scaling_benchmark_runs(tmp_path):
     mpi_run = runs["2 processes x 1 thread (MPI)"]
     assert mpi_run["processes"] == 2 and mpi_run["gradient_values"] == 122_570
     assert mpi_run["allreduce_ms_per_step"] > 0
+
+
+def test_wait_until_read_waits_for_the_reader_of_a_pipe(monkeypatch):
+    """Before an MPI_Abort, what the process printed must have left the pipe to the launcher (an Abort drops
+    what is still in it): the wait ends when the reader has read it all, or at the deadline."""
+    r, w = os.pipe()
+    try:
+        with os.fdopen(w, "w", closefd=False) as stream:
+            monkeypatch.setattr(sys, "stderr", stream)
+            monkeypatch.setattr(sys, "stdout", stream)
+            stream.write("x" * 1000)
+            stream.flush()
+            started = time.monotonic()
+            distributed._wait_until_read(seconds=0.3)  # nobody reads: gives up at the deadline
+            assert 0.3 <= time.monotonic() - started < 2.0
+
+            reader = threading.Timer(0.5, lambda: os.read(r, 4096))
+            reader.start()
+            started = time.monotonic()
+            distributed._wait_until_read(seconds=10.0)
+            waited = time.monotonic() - started
+            reader.join()
+            assert 0.4 <= waited < 5.0, waited  # returned once the reader had read, not at the deadline
+
+            started = time.monotonic()
+            distributed._wait_until_read(seconds=10.0)  # nothing unread: no wait
+            assert time.monotonic() - started < 0.5
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_wait_until_read_ignores_files_and_closed_streams(monkeypatch, tmp_path):
+    with open(tmp_path / "log", "w") as f:
+        f.write("y" * 100)
+        f.flush()
+        monkeypatch.setattr(sys, "stderr", f)
+        monkeypatch.setattr(sys, "stdout", f)
+        started = time.monotonic()
+        distributed._wait_until_read(seconds=5.0)
+        assert time.monotonic() - started < 0.5
+    monkeypatch.setattr(sys, "stdout", None)
+    distributed._wait_until_read(seconds=5.0)
