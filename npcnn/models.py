@@ -1070,7 +1070,7 @@ def load_model(filepath, compile=True):
 
 
 def cifar10_deep(input_shape=(32, 32, 3), classes=10, compile=True, augment=True, learning_rate=1e-3,
-                 decay_steps=30 * 782, name="cifar10_deep"):
+                 decay_steps=30 * 782, weight_decay=None, name="cifar10_deep"):
     """The deeper CIFAR-10 model of issue 14 (552,874 parameters, 1,152 of them non-trainable), in
     Keras notation::
 
@@ -1085,7 +1085,8 @@ def cifar10_deep(input_shape=(32, 32, 3), classes=10, compile=True, augment=True
     Glorot-uniform kernels and zero biases (Keras's defaults). Compiled (when ``compile``) with Adam
     whose learning rate follows ``npcnn.schedules.CosineDecay(learning_rate, decay_steps)`` (from
     ``learning_rate`` to 0 over ``decay_steps`` updates; the default, 30 * 782, is 30 epochs of batch 64
-    on 50,000 images; ``decay_steps=None``: a constant rate), 'sparse_categorical_crossentropy' and accuracy.
+    on 50,000 images; ``decay_steps=None``: a constant rate), 'sparse_categorical_crossentropy' and accuracy;
+    with ``weight_decay`` (a float), AdamW with that decoupled decay instead of Adam.
     ``augment=False`` leaves the two augmentation layers out (for timing: they do nothing at inference).
     """
     from npcnn.layers import (
@@ -1114,12 +1115,12 @@ def cifar10_deep(input_shape=(32, 32, 3), classes=10, compile=True, augment=True
                Dense(classes, activation="softmax")]
     model = Sequential(layers, name=name)
     if compile:
-        from npcnn.optimizers import Adam
+        from npcnn.optimizers import Adam, AdamW
         from npcnn.schedules import CosineDecay
 
         lr = learning_rate if decay_steps is None else CosineDecay(learning_rate, decay_steps)
-        model.compile(optimizer=Adam(learning_rate=lr), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        optimizer = Adam(learning_rate=lr) if weight_decay is None else AdamW(lr, weight_decay=weight_decay)
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 

@@ -540,3 +540,30 @@ def test_deep_resume_refuses_another_model_or_schedule(tmp_path, capsys):
     with pytest.raises(CheckpointError, match=r"schedule: checkpoint .*over 3 updates', now .*over 6 updates'"):
         example.main(DEEP_QUICK + ["--epochs", "2", "--verbose", "0", "--checkpoint-dir", ck, "--resume"])
     capsys.readouterr()
+
+
+def test_weight_decay_option_is_checked():
+    assert example.parse_args(["--model", "deep"]).weight_decay is None
+    assert example.parse_args(["--model", "deep", "--weight-decay", "0.05"]).weight_decay == 0.05
+    for bad in (["--weight-decay", "0.05"],  # the seed model is the tutorial's, Adam alone
+                ["--model", "deep", "--weight-decay", "-1"], ["--model", "deep", "--weight-decay", "nan"],
+                ["--model", "deep", "--weight-decay", "lots"]):
+        with pytest.raises(SystemExit):
+            example.parse_args(bad)
+
+
+def test_deep_weight_decay_trains_with_adamw_and_resume_must_match(tmp_path, capsys):
+    from npcnn.optimizers import Adam, AdamW
+
+    model = example.build_deep_model(10, weight_decay=0.05)
+    assert type(model.optimizer) is AdamW and model.optimizer.weight_decay == 0.05
+    assert type(example.build_deep_model(10).optimizer) is Adam
+
+    ck = str(tmp_path / "ck")
+    example.main(DEEP_QUICK + ["--epochs", "1", "--verbose", "0", "--checkpoint-dir", ck, "--weight-decay", "0.05"])
+    assert "Model: cifar10_deep, AdamW (weight decay 0.05) with a cosine decay" in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match=r"schedule: checkpoint 'AdamW \(weight decay 0.05\), cosine"):
+        example.main(DEEP_QUICK + ["--epochs", "1", "--verbose", "0", "--checkpoint-dir", ck, "--resume"])
+    with pytest.raises(CheckpointError, match=r"weight decay 0.05\), .*now 'AdamW \(weight decay 0.1\)"):
+        example.main(DEEP_QUICK + ["--epochs", "1", "--verbose", "0", "--checkpoint-dir", ck, "--resume",
+                                   "--weight-decay", "0.1"])

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -95,11 +96,12 @@ def build_model():
     return model
 
 
-def build_deep_model(decay_steps):
-    """:func:`npcnn.models.cifar10_deep`, its cosine learning-rate decay reaching 0 after ``decay_steps`` updates."""
+def build_deep_model(decay_steps, weight_decay=None):
+    """:func:`npcnn.models.cifar10_deep`, its cosine learning-rate decay reaching 0 after ``decay_steps`` updates
+    (AdamW with ``weight_decay`` when given, else Adam)."""
     from npcnn.models import cifar10_deep
 
-    return cifar10_deep(decay_steps=decay_steps)
+    return cifar10_deep(decay_steps=decay_steps, weight_decay=weight_decay)
 
 
 def to_float32(x):
@@ -153,6 +155,9 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=None, help="total number of epochs, counting those a resumed run "
                    "has done already (default 10; 30 with --model deep, whose learning-rate schedule spans them)")
     p.add_argument("--batch-size", type=int, default=None, help="default 32; 64 with --model deep")
+    p.add_argument("--weight-decay", type=float, default=None, metavar="WD",
+                   help="--model deep only: train with AdamW and this decoupled weight decay (each update "
+                   "first does w -= lr * WD * w) instead of Adam")
     p.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
                    "(default: $NPCNN_DATA_DIR, else the per-user cache; downloaded there when absent)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
@@ -185,6 +190,11 @@ def parse_args(argv=None):
             p.error(f"--threads must be between 1 and {max_threads()} (the cores Numba can use), got {args.threads}")
     if args.seed is not None and args.seed < 0:
         p.error(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.weight_decay is not None:
+        if args.model != "deep":
+            p.error("--weight-decay applies to --model deep only (the seed model is the tutorial's: Adam)")
+        if not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
+            p.error(f"--weight-decay must be a non-negative number, got {args.weight_decay}")
     if (args.resume or args.overwrite) and not args.checkpoint_dir:
         p.error(f"--{'resume' if args.resume else 'overwrite'} needs --checkpoint-dir")
     for name, value in MODELS[args.model].items():
@@ -372,9 +382,12 @@ def _run(args, progress):
     schedule = None
     if args.model == "deep":
         decay_steps = args.epochs * -(-len(x_train) // args.batch_size)  # the whole run's updates
-        schedule = f"cosine decay from 1e-3 to 0 over {decay_steps} updates"
-        model = build_deep_model(decay_steps)
-        print(f"Model: cifar10_deep, Adam with a {schedule} ({args.epochs} epochs of batch {args.batch_size})")
+        decay = f"cosine decay from 1e-3 to 0 over {decay_steps} updates"
+        optimizer = "Adam" if args.weight_decay is None else f"AdamW (weight decay {args.weight_decay:g})"
+        # the config's schedule names AdamW's decay too, so a resumed run must use the same
+        schedule = decay if args.weight_decay is None else f"{optimizer}, {decay}"
+        model = build_deep_model(decay_steps, args.weight_decay)
+        print(f"Model: cifar10_deep, {optimizer} with a {decay} ({args.epochs} epochs of batch {args.batch_size})")
     else:
         model = build_model()
     model.summary(batch_size=args.batch_size)
