@@ -17,6 +17,7 @@ The old version's Numba kernels compile on their first call (its cache lands in 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import re
 import shutil
@@ -80,10 +81,15 @@ def main(argv=None):
         # one model per case and version: a model alternating batch sizes would re-allocate its workspace
         # buffers at every call (they are sized for the last batch), which is not what training does
         models = {}
+
+        def deep_adam(mod):  # plain Adam in both versions (AdamW is the default since 2026-12-02)
+            takes_decay = "weight_decay" in inspect.signature(mod.models.cifar10_deep).parameters
+            return mod.models.cifar10_deep(**({"weight_decay": None} if takes_decay else {}))
+
         for c in cases:
             for name, mod in (("old", npcnn_old), ("new", npcnn)):
                 mod.set_random_seed(0)
-                models[(c, name)] = mod.models.cifar10_cnn() if args.model == "seed" else mod.models.cifar10_deep()
+                models[(c, name)] = mod.models.cifar10_cnn() if args.model == "seed" else deep_adam(mod)
         wall = {key: [] for key in models}
         cpu = {key: [] for key in models}
         for (c, _), m in models.items():  # warm up: JIT, buffers

@@ -44,7 +44,7 @@ def deep_model(seed=0, augment=False):
     the PyTorch twin). ``augment=False`` (the default here) leaves out RandomFlip and RandomTranslation, as
     the PyTorch twin has none: the timings compare the same network."""
     npcnn_seed(seed)
-    return cifar10_deep(augment=augment, decay_steps=None)
+    return cifar10_deep(augment=augment, decay_steps=None, weight_decay=None)
 
 
 def torch_deep_model():

@@ -7,10 +7,11 @@ Used to put npcnn's end-to-end wall time and accuracy side by side with PyTorch'
 
 ``--model deep`` trains npcnn.models.cifar10_deep's network (benchmarks/common.py's torch_deep_model:
 BatchNorm with Keras's momentum and epsilon, Keras's initialisation) as ``--model deep`` of the example
-does: Adam (eps 1e-7) with the learning rate decayed per step from 1e-3 to 0 along a cosine over the
-whole run, and the same augmentation in training (a random horizontal flip, then a random translation of
-up to 10 % of the height and width, bilinear, reflected at the borders: Keras's RandomFlip('horizontal')
-and RandomTranslation(0.1, 0.1)), drawn with torch's generator.
+does: AdamW (eps 1e-7, decoupled weight decay ``--weight-decay`` 0.05; 0 for plain Adam) with the
+learning rate decayed per step from 1e-3 to 0 along a cosine over the whole run, and the same
+augmentation in training (a random horizontal flip, then a random translation of up to 10 % of the height
+and width, bilinear, reflected at the borders: Keras's RandomFlip('horizontal') and
+RandomTranslation(0.1, 0.1)), drawn with torch's generator.
 
 DIR holds cifar-10-batches-py/ (as npcnn.datasets.cifar10.load_data reads it). Needs torch
 (`pip install torch==2.13.0`). Prints one line per epoch (time, loss, accuracy, val accuracy) and
@@ -35,8 +36,15 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weight-decay", type=float, default=None,
+                    help="--model deep: AdamW's decoupled decay (p *= 1 - lr * wd; default 0.05, as the example's); "
+                    "0: plain Adam")
     args = ap.parse_args(argv)
     deep = args.model == "deep"
+    if args.weight_decay is not None and not deep:
+        ap.error("--weight-decay applies to --model deep only")
+    if deep and args.weight_decay is None:
+        args.weight_decay = 0.05
     args.epochs = args.epochs or (30 if deep else 10)
     args.batch_size = args.batch_size or (64 if deep else 32)
     torch.set_num_threads(args.threads)
@@ -69,7 +77,11 @@ def main(argv=None):
 
         model = torch_deep_model()
         torch.manual_seed(args.seed)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
+        if not args.weight_decay:
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
+        else:  # decays every parameter, as Keras's AdamW and npcnn's by default
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7,
+                                    weight_decay=args.weight_decay)
         decay = args.epochs * math.ceil(n / args.batch_size)  # npcnn's CosineDecay(1e-3, decay): 0 at the end
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, decay) / decay)))
         F = torch.nn.functional

@@ -1070,7 +1070,7 @@ def load_model(filepath, compile=True):
 
 
 def cifar10_deep(input_shape=(32, 32, 3), classes=10, compile=True, augment=True, learning_rate=1e-3,
-                 decay_steps=30 * 782, weight_decay=None, name="cifar10_deep"):
+                 decay_steps=30 * 782, weight_decay=0.05, name="cifar10_deep"):
     """The deeper CIFAR-10 model of issue 14 (552,874 parameters, 1,152 of them non-trainable), in
     Keras notation::
 
@@ -1082,11 +1082,13 @@ def cifar10_deep(input_shape=(32, 32, 3), classes=10, compile=True, augment=True
         -> Flatten -> Dense(128) -> BatchNormalization -> Activation('relu') -> Dropout(0.5)
         -> Dense(classes, softmax)
 
-    Glorot-uniform kernels and zero biases (Keras's defaults). Compiled (when ``compile``) with Adam
-    whose learning rate follows ``npcnn.schedules.CosineDecay(learning_rate, decay_steps)`` (from
+    Glorot-uniform kernels and zero biases (Keras's defaults). Compiled (when ``compile``) with AdamW
+    (decoupled ``weight_decay``: each update first does ``w -= lr * weight_decay * w``, every trained
+    array) whose learning rate follows ``npcnn.schedules.CosineDecay(learning_rate, decay_steps)`` (from
     ``learning_rate`` to 0 over ``decay_steps`` updates; the default, 30 * 782, is 30 epochs of batch 64
-    on 50,000 images; ``decay_steps=None``: a constant rate), 'sparse_categorical_crossentropy' and accuracy;
-    with ``weight_decay`` (a float), AdamW with that decoupled decay instead of Adam.
+    on 50,000 images; ``decay_steps=None``: a constant rate), 'sparse_categorical_crossentropy' and accuracy.
+    ``weight_decay=0`` or None: plain Adam (the recipe before 2026-12-02, about 1 % less test accuracy
+    after 30 epochs: 0.831 / 0.833 against 0.841 / ... for seeds 0 / 1, README "A deeper model").
     ``augment=False`` leaves the two augmentation layers out (for timing: they do nothing at inference).
     """
     from npcnn.layers import (
@@ -1119,7 +1121,7 @@ def cifar10_deep(input_shape=(32, 32, 3), classes=10, compile=True, augment=True
         from npcnn.schedules import CosineDecay
 
         lr = learning_rate if decay_steps is None else CosineDecay(learning_rate, decay_steps)
-        optimizer = Adam(learning_rate=lr) if weight_decay is None else AdamW(lr, weight_decay=weight_decay)
+        optimizer = AdamW(lr, weight_decay=weight_decay) if weight_decay else Adam(learning_rate=lr)
         model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 

@@ -64,9 +64,11 @@ def test_parameter_counts_equal_keras(capsys):
     assert "Trainable params: 551,722" in out and "Non-trainable params: 1,152" in out
 
 
-def test_compiled_with_adam_cosine_decay():
+def test_compiled_with_adamw_cosine_decay():
     model = cifar10_deep()
-    assert type(model.optimizer).__name__ == "Adam"
+    assert type(model.optimizer).__name__ == "AdamW" and model.optimizer.weight_decay == 0.05
+    for plain_adam in (0, None):
+        assert type(cifar10_deep(weight_decay=plain_adam).optimizer).__name__ == "Adam"
     sched = model.optimizer.schedule
     assert isinstance(sched, schedules.CosineDecay)
     assert sched.initial_learning_rate == 1e-3 and sched.decay_steps == 30 * 782  # 30 epochs of 782 batches of 64

@@ -467,7 +467,8 @@ DEEP_QUICK = ["--model", "deep", "--sample", "--limit", "48", "--batch-size", "1
 def test_model_defaults():
     seed, deep = example.parse_args([]), example.parse_args(["--model", "deep"])
     assert (seed.model, seed.epochs, seed.batch_size) == ("seed", 10, 32)  # unchanged
-    assert (deep.model, deep.epochs, deep.batch_size) == ("deep", 30, 64)
+    assert (deep.model, deep.epochs, deep.batch_size, deep.weight_decay) == ("deep", 30, 64, 0.05)
+    assert seed.weight_decay is None
     mine = example.parse_args(["--model", "deep", "--epochs", "3", "--batch-size", "128"])
     assert (mine.epochs, mine.batch_size) == (3, 128)
     with pytest.raises(SystemExit):
@@ -486,7 +487,7 @@ def test_deep_model_cli_one_short_epoch(tmp_path):
     assert "Total params: 552,874 (" in out
     assert "Trainable params: 551,722 (" in out
     assert "Non-trainable params: 1,152 (" in out
-    assert "Model: cifar10_deep, Adam with a cosine decay from 1e-3 to 0 over 2 updates" in out
+    assert "Model: cifar10_deep, AdamW (weight decay 0.05) with a cosine decay from 1e-3 to 0 over 2 updates" in out
     assert "Epoch 1/1" in out and "val_accuracy" in out and "SAMPLE" in out
     assert out.strip().splitlines()[-1].startswith("Test accuracy: ")
     hist = json.loads((tmp_path / "history.json").read_text())
@@ -543,8 +544,8 @@ def test_deep_resume_refuses_another_model_or_schedule(tmp_path, capsys):
 
 
 def test_weight_decay_option_is_checked():
-    assert example.parse_args(["--model", "deep"]).weight_decay is None
-    assert example.parse_args(["--model", "deep", "--weight-decay", "0.05"]).weight_decay == 0.05
+    assert example.parse_args(["--model", "deep", "--weight-decay", "0.1"]).weight_decay == 0.1
+    assert example.parse_args(["--model", "deep", "--weight-decay", "0"]).weight_decay == 0
     for bad in (["--weight-decay", "0.05"],  # the seed model is the tutorial's, Adam alone
                 ["--model", "deep", "--weight-decay", "-1"], ["--model", "deep", "--weight-decay", "nan"],
                 ["--model", "deep", "--weight-decay", "lots"]):
@@ -557,13 +558,27 @@ def test_deep_weight_decay_trains_with_adamw_and_resume_must_match(tmp_path, cap
 
     model = example.build_deep_model(10, weight_decay=0.05)
     assert type(model.optimizer) is AdamW and model.optimizer.weight_decay == 0.05
-    assert type(example.build_deep_model(10).optimizer) is Adam
+    assert type(example.build_deep_model(10, weight_decay=0).optimizer) is Adam
 
     ck = str(tmp_path / "ck")
-    example.main(DEEP_QUICK + ["--epochs", "1", "--verbose", "0", "--checkpoint-dir", ck, "--weight-decay", "0.05"])
-    assert "Model: cifar10_deep, AdamW (weight decay 0.05) with a cosine decay" in capsys.readouterr().out
-    with pytest.raises(CheckpointError, match=r"schedule: checkpoint 'AdamW \(weight decay 0.05\), cosine"):
+    example.main(DEEP_QUICK + ["--epochs", "1", "--verbose", "0", "--checkpoint-dir", ck, "--weight-decay", "0.1"])
+    assert "Model: cifar10_deep, AdamW (weight decay 0.1) with a cosine decay" in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match=r"schedule: checkpoint 'AdamW \(weight decay 0.1\), cosine.*now "
+                                              r"'AdamW \(weight decay 0.05\), cosine"):
         example.main(DEEP_QUICK + ["--epochs", "1", "--verbose", "0", "--checkpoint-dir", ck, "--resume"])
-    with pytest.raises(CheckpointError, match=r"weight decay 0.05\), .*now 'AdamW \(weight decay 0.1\)"):
+    with pytest.raises(CheckpointError, match=r"weight decay 0.1\), cosine.*now 'cosine decay from"):
         example.main(DEEP_QUICK + ["--epochs", "1", "--verbose", "0", "--checkpoint-dir", ck, "--resume",
-                                   "--weight-decay", "0.1"])
+                                   "--weight-decay", "0"])
+
+
+def test_plain_adam_recipe_keeps_its_schedule_text(tmp_path, capsys):
+    """--weight-decay 0 is the recipe before AdamW became the default, with the same text in the checkpoint's
+    config, so a checkpoint of that recipe resumes with --weight-decay 0."""
+    ck = str(tmp_path / "ck")
+    args = DEEP_QUICK + ["--verbose", "0", "--checkpoint-dir", ck, "--weight-decay", "0"]
+    example.main(args + ["--epochs", "1"])
+    assert "Model: cifar10_deep, Adam with a cosine decay from 1e-3 to 0 over 3 updates" in capsys.readouterr().out
+    saved = load_checkpoint(os.path.join(ck, "checkpoint.npz")).extra["config"]["schedule"]
+    assert saved == "cosine decay from 1e-3 to 0 over 3 updates"
+    with pytest.raises(CheckpointError, match=r"schedule: checkpoint 'cosine decay.*now 'AdamW"):
+        example.main(DEEP_QUICK + ["--verbose", "0", "--checkpoint-dir", ck, "--epochs", "1", "--resume"])

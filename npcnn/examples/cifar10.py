@@ -12,8 +12,9 @@ max-pooling after the first two, Dense(64, ReLU), Dense(10, softmax), optimizer 
 'sparse_categorical_crossentropy' (npcnn fuses the final softmax with the cross-entropy, so the
 gradient is (p - onehot)/N), 10 epochs of batch 32, validated on the test set after each epoch.
 ``--model deep`` trains :func:`npcnn.models.cifar10_deep` instead (augmentation, three blocks of two
-'same' Conv2D + BatchNormalization + ReLU, max-pooling and dropout; 552,874 parameters; Adam with a
-cosine decay of the learning rate from 1e-3 to 0 over the whole run), by default 30 epochs of batch 64.
+'same' Conv2D + BatchNormalization + ReLU, max-pooling and dropout; 552,874 parameters; AdamW, its
+learning rate decayed from 1e-3 to 0 along a cosine over the whole run, its decoupled weight decay
+``--weight-decay`` 0.05, 0 for plain Adam), by default 30 epochs of batch 64.
 Ends with ``Test accuracy: 0.xxxx``; writes ``history.json`` (and ``history.png`` when
 matplotlib is installed) to ``--output-dir``.
 
@@ -52,7 +53,8 @@ import numpy as np
 
 CONFIG_KEYS = ("model", "batch_size", "limit", "data", "schedule")  # must match when resuming
 LEGACY_CONFIG = {"model": "seed"}  # what a checkpoint written before --model existed holds
-MODELS = {"seed": {"epochs": 10, "batch_size": 32}, "deep": {"epochs": 30, "batch_size": 64}}  # --model's defaults
+MODELS = {"seed": {"epochs": 10, "batch_size": 32, "weight_decay": None},  # --model's defaults
+          "deep": {"epochs": 30, "batch_size": 64, "weight_decay": 0.05}}
 RUNTIME_KEYS = ("threads", "backend", "data_parallel", "fuse")  # warned about when they differ on resume
 # and refused when it differs (MPI processes); absent in checkpoints from before MPI: 1
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -98,7 +100,7 @@ def build_model():
 
 def build_deep_model(decay_steps, weight_decay=None):
     """:func:`npcnn.models.cifar10_deep`, its cosine learning-rate decay reaching 0 after ``decay_steps`` updates
-    (AdamW with ``weight_decay`` when given, else Adam)."""
+    (AdamW with that decoupled ``weight_decay`` when it is positive, plain Adam when it is 0 or None)."""
     from npcnn.models import cifar10_deep
 
     return cifar10_deep(decay_steps=decay_steps, weight_decay=weight_decay)
@@ -151,13 +153,13 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="seed", choices=tuple(MODELS),
                    help="seed: the Keras tutorial's CNN (default); deep: npcnn.models.cifar10_deep "
-                   "(BatchNormalization, dropout, augmentation; Adam with a cosine decay over the whole run)")
+                   "(BatchNormalization, dropout, augmentation; AdamW with a cosine decay over the whole run)")
     p.add_argument("--epochs", type=int, default=None, help="total number of epochs, counting those a resumed run "
                    "has done already (default 10; 30 with --model deep, whose learning-rate schedule spans them)")
     p.add_argument("--batch-size", type=int, default=None, help="default 32; 64 with --model deep")
     p.add_argument("--weight-decay", type=float, default=None, metavar="WD",
-                   help="--model deep only: train with AdamW and this decoupled weight decay (each update "
-                   "first does w -= lr * WD * w) instead of Adam")
+                   help="--model deep only: AdamW's decoupled weight decay (each update first does "
+                   "w -= lr * WD * w; default 0.05); 0: plain Adam, the recipe before 2026-12-02")
     p.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
                    "(default: $NPCNN_DATA_DIR, else the per-user cache; downloaded there when absent)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
@@ -383,9 +385,10 @@ def _run(args, progress):
     if args.model == "deep":
         decay_steps = args.epochs * -(-len(x_train) // args.batch_size)  # the whole run's updates
         decay = f"cosine decay from 1e-3 to 0 over {decay_steps} updates"
-        optimizer = "Adam" if args.weight_decay is None else f"AdamW (weight decay {args.weight_decay:g})"
-        # the config's schedule names AdamW's decay too, so a resumed run must use the same
-        schedule = decay if args.weight_decay is None else f"{optimizer}, {decay}"
+        optimizer = f"AdamW (weight decay {args.weight_decay:g})" if args.weight_decay else "Adam"
+        # the config's schedule names AdamW's decay too, so a resumed run must use the same (a checkpoint
+        # of the plain-Adam recipe, from before AdamW was the default, resumes with --weight-decay 0)
+        schedule = f"{optimizer}, {decay}" if args.weight_decay else decay
         model = build_deep_model(decay_steps, args.weight_decay)
         print(f"Model: cifar10_deep, {optimizer} with a {decay} ({args.epochs} epochs of batch {args.batch_size})")
     else:
