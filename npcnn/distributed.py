@@ -373,6 +373,8 @@ def _wait_until_read(seconds=2.0):
                 time.sleep(0.005)
         except (AttributeError, OSError, ValueError):  # closed, replaced by an object without a descriptor
             continue
+
+
 def _install_abort_hooks(w):
     """Uncaught exceptions (main thread or any other) print the traceback with the rank and abort the job."""
     import traceback
