@@ -105,8 +105,7 @@ def main(argv=None):
         blas = [(d.get("internal_api"), d.get("architecture"), d.get("num_threads"))
                 for d in threadpool_info() if d.get("user_api") == "blas"]
         print(f"{args.model} model: old {args.old} vs this checkout; threads {args.threads}; rounds {args.rounds}; "
-              f"blas {blas}; "
-              f"load {os.getloadavg()[0]:.2f}")
+              f"blas {blas}; load {os.getloadavg()[0]:.2f}")
         print(f"{'case':<14} {'old ms':>8} {'new ms':>8} {'new/old':>8} {'old cpu':>8} {'new cpu':>8} {'new/old':>8}")
         for c in cases:
             o, n = (np.median(wall[(c, v)]) * 1e3 for v in ("old", "new"))

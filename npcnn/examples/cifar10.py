@@ -98,7 +98,7 @@ def build_model():
     return model
 
 
-def build_deep_model(decay_steps, weight_decay=0.05):
+def build_deep_model(decay_steps, weight_decay):
     """:func:`npcnn.models.cifar10_deep`, its cosine learning-rate decay reaching 0 after ``decay_steps`` updates
     (AdamW with that decoupled ``weight_decay`` when it is positive, plain Adam when it is 0 or None)."""
     from npcnn.models import cifar10_deep
